@@ -40,8 +40,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
     jit: set False to get the raw function (e.g. to wrap it in your own jit).
 
   Metrics: loss, the aux metrics, the L2 norms grad_norm, param_norm,
-  update_norm, learning_rate (with a schedule), and `finite` (1.0 when the
-  loss and the gradient are finite).
+  update_norm, learning_rate (with a schedule), and `finite` (true when the
+  loss, the gradient and the updated parameters are finite).
   """
 
   def step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
@@ -50,20 +50,23 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
     def loss_with_hook(params):
       loss, aux = loss_fn(params, batch, key)
       if inject_nan_at_step is not None:
-        loss = jnp.where(state.step + 1 == inject_nan_at_step, jnp.nan, loss)
+        # Multiplied, not replaced, so that the gradient goes NaN too, as in a
+        # real divergence.
+        loss = loss * jnp.where(state.step + 1 == inject_nan_at_step, jnp.nan, 1.0)
       return loss, aux
 
     (loss, aux), grads = jax.value_and_grad(loss_with_hook, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
+    param_norm = optax.tree.norm(params)
     metrics = {
         "loss": loss,
         **aux,
         "grad_norm": grad_norm,
-        "param_norm": optax.tree.norm(params),
+        "param_norm": param_norm,
         "update_norm": optax.tree.norm(updates),
-        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm),
     }
     if lr_schedule is not None:
       metrics["learning_rate"] = jnp.asarray(lr_schedule(state.step), jnp.float32)

@@ -42,9 +42,11 @@ def test_resume_after_crash_is_bit_identical(tmp_path):
   assert [r["step"] for r in rows] == list(range(1, 31))  # no duplicated or lost rows
 
 
-def test_nan_stops_run_names_step_and_keeps_checkpoint(tmp_path):
-  with pytest.raises(train.NonFiniteError, match=r"step 12\b.*loss=nan.*checkpoint is step 10"):
-    tiny_run.run(str(tmp_path), inject_nan_at_step=12, log_every=4)
+@pytest.mark.parametrize("bad_step", [11, 12])  # between log steps (found at 12) and on one
+def test_nan_stops_run_names_step_and_keeps_checkpoint(tmp_path, bad_step):
+  with pytest.raises(train.NonFiniteError,
+                     match=rf"step {bad_step}\b.*loss=nan.*checkpoint is step 10"):
+    tiny_run.run(str(tmp_path), inject_nan_at_step=bad_step, log_every=4)
   ckpt = train.Checkpointer(str(tmp_path / "checkpoints"), 5)
   assert ckpt.latest_step() == 10
   like, _ = tiny_run.run(None, num_steps=1)

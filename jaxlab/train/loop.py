@@ -18,7 +18,14 @@ from jaxlab.train.step import LossFn, TrainState, init_state, make_train_step
 
 
 class Hook(Protocol):
-  """Called every `every_steps` steps; its dict joins that step's metrics."""
+  """Called every `every_steps` steps; its dict joins that step's metrics.
+
+  A hook with a true attribute `updates_state` returns `(metrics, new_state)`
+  instead, and the loop continues from `new_state` (same pytree structure,
+  shapes and dtypes, so the compiled step is reused): e.g. a learning-rate
+  rule writing `opt_state.hyperparams["learning_rate"]` of an
+  `optax.inject_hyperparams` optimizer.
+  """
 
   every_steps: int
 
@@ -55,6 +62,24 @@ def _train_step(loss_fn, tx, lr_schedule, inject_nan_at_step):
                            inject_nan_at_step=inject_nan_at_step)
 
 
+def _apply_state_hook(hook, step: int, state: TrainState, mesh) -> tuple[Mapping, TrainState]:
+  out = hook(step, state)
+  if not (isinstance(out, tuple) and len(out) == 2):
+    raise ValueError(f"hook {hook!r} has updates_state=True and must return (metrics, new_state); "
+                     f"got {type(out).__name__}")
+  metrics, new = out
+  old_struct = jax.tree.structure(state)
+  if jax.tree.structure(new) != old_struct:
+    raise ValueError(f"hook {hook!r} returned a state of structure {jax.tree.structure(new)}; "
+                     f"allowed: the structure of the train state, {old_struct}")
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(new), strict=True):
+    if jnp.shape(a) != jnp.shape(b) or jnp.result_type(a) != jnp.result_type(b):
+      raise ValueError(f"hook {hook!r} changed a state leaf from {jnp.shape(a)} "
+                       f"{jnp.result_type(a)} to {jnp.shape(b)} {jnp.result_type(b)}; allowed: "
+                       "the same shape and dtype (the compiled step is reused)")
+  return metrics, jax.device_put(new, sharding.replicated(mesh))
+
+
 def _due(step: int, every: int, num_steps: int) -> bool:
   return bool(every) and (step % every == 0 or step == num_steps)
 
@@ -87,7 +112,9 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
       at the end.
     checkpoint_every: orbax checkpoint every so many steps and at the end
       (0: none). A re-run on the same workdir resumes from the latest one.
-    hooks: objects with `every_steps` and `__call__(step, state) -> dict`.
+    hooks: objects with `every_steps` and `__call__(step, state) -> dict`; a
+      hook with `updates_state = True` returns `(dict, new_state)` and the run
+      continues from `new_state` (see :class:`Hook`).
     lr_schedule: the schedule inside `tx`, to log `learning_rate`.
     progress: show a tqdm progress bar.
     inject_nan_at_step: test hook — the loss of step k becomes NaN.
@@ -181,7 +208,11 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
       if do_eval:
         row.update({k: float(v) for k, v in eval_fn(state.params).items()})
       for h in due_hooks:
-        row.update({k: float(v) for k, v in h(s, state).items()})
+        if getattr(h, "updates_state", False):
+          out, state = _apply_state_hook(h, s, state, mesh)
+        else:
+          out = h(s, state)
+        row.update({k: float(v) for k, v in out.items()})
       if do_ckpt:
         ckpt.save(s, state)
         last_saved = s

@@ -141,3 +141,51 @@ def test_bad_loop_arguments(kwargs, match):
     train.train(lambda p, b, k: (p["w"].sum(), {}), {"w": np.ones(2, np.float32)},
                 optax.sgd(0.1), lambda s: {"x": np.ones((2, 1))}, key=jax.random.key(0),
                 progress=False, **kwargs)
+
+
+def test_hook_that_updates_state_sets_injected_learning_rate():
+  class SetLR:
+    every_steps = 5
+    updates_state = True
+
+    def __call__(self, step, state):
+      hp = dict(state.opt_state.hyperparams)
+      hp["learning_rate"] = jax.numpy.asarray(0.01 * step, hp["learning_rate"].dtype)
+      return {"lr_set": 0.01 * step}, state._replace(
+          opt_state=state.opt_state._replace(hyperparams=hp))
+
+  params = {"w": np.ones((3,), np.float32)}
+  batch_fn = lambda step: {"x": np.full((4, 3), 1.0 + step, np.float32)}
+  loss_fn = lambda p, b, k: ((b["x"] @ p["w"]).mean() ** 2 * 1e-3, {})
+  tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.5)
+  result = train.train(loss_fn, params, tx, batch_fn, num_steps=15, key=jax.random.key(0),
+                       log_every=1, hooks=(SetLR(),), progress=False)
+  rows = result.history
+  # Steps 1-5 ran at 0.5; the hook after step 5 set 0.05 for steps 6-10, after 10 set 0.1.
+  for r in rows:
+    lr = 0.5 if r["step"] <= 5 else 0.01 * 5 * ((r["step"] - 1) // 5)
+    np.testing.assert_allclose(r["update_norm"], lr * r["grad_norm"], rtol=1e-5)
+  assert rows[4]["lr_set"] == pytest.approx(0.05) and "lr_set" not in rows[5]
+  np.testing.assert_allclose(float(result.state.opt_state.hyperparams["learning_rate"]), 0.15,
+                             rtol=1e-6)
+  # The hook's state (placed like the loop's) reuses the one compiled step.
+  assert train.loop._train_step(loss_fn, tx, None, None)._cache_size() == 1
+
+
+@pytest.mark.parametrize("ret, match", [
+    (lambda s: {"x": 1.0}, "must return"),
+    (lambda s: ({}, s._replace(step=s.step.astype(np.float32))), "same shape and dtype"),
+    (lambda s: ({}, s._replace(params={"v": s.params["w"]})), "structure"),
+])
+def test_state_hook_bad_return_is_a_value_error(ret, match):
+  class Bad:
+    every_steps = 2
+    updates_state = True
+
+    def __call__(self, step, state):
+      return ret(state)
+
+  with pytest.raises(ValueError, match=match):
+    train.train(lambda p, b, k: ((p["w"] ** 2).sum(), {}), {"w": np.ones(2, np.float32)},
+                optax.sgd(0.1), lambda s: {"x": np.ones((2, 1))}, num_steps=4,
+                key=jax.random.key(0), hooks=(Bad(),), progress=False)

@@ -1,0 +1,53 @@
+"""batch_hessian study end to end on a tiny setting; the quick-scale repro test (`-m repro`)."""
+import os
+
+import numpy as np
+import pytest
+
+from experiments import run
+from jaxlab.train import io
+
+CFG = "experiments/configs/batch_hessian.py"
+TINY = {"data.num_samples": 200, "data.num_train": 128, "model.hidden_sizes": (8,),
+        "pretrain.num_steps": 20, "pretrain.batch_size": 16,
+        "sharpness.batch_sizes": (4, 16, 64), "sharpness.draws": 2, "sharpness.grad_draws": 2,
+        "sharpness.lanczos_iters": 6, "sharpness.full_batch_size": 64,
+        "stability.batch_sizes": (4, 16), "stability.num_steps": 20,
+        "stability.eval_every_steps": 10, "stability.points_per_octave": 1,
+        "onthefly.batch_size": 16, "onthefly.every_steps": 10, "onthefly.lanczos_iters": 4}
+
+
+def test_batch_hessian_tiny_run(tmp_path):
+  wd = str(tmp_path)
+  summary = run.run(CFG + ":quick", wd, overrides=TINY)
+  for f in ("summary.json", "plots/batch_sharpness.png", "plots/max_learning_rate.png",
+            "plots/onthefly.png", "pretrain/metrics.jsonl", "onthefly_slq_rule/metrics.jsonl"):
+    assert os.path.exists(os.path.join(wd, f)), f
+  saved = io.read_json(os.path.join(wd, "summary.json"))
+  for key in ("sharpness_table", "full_batch_sharpness", "fit", "fit_with_measured_full",
+              "sgd_exponent", "adam_exponent", "sweeps", "onthefly", "equation"):
+    assert key in saved, key
+  assert [r["batch_size"] for r in saved["sharpness_table"]] == [4, 16, 64]
+  assert all(len(r["draws"]) == 2 and r["mean"] > 0 for r in saved["sharpness_table"])
+  assert saved["fit"]["lambda_full"] > 0 and saved["fit"]["num_examples"] == 128
+  for opt in ("sgd", "adam"):
+    rows = summary["sweeps"][opt]["rows"]
+    assert [r["batch_size"] for r in rows] == [4, 16]
+    for r in rows:
+      assert set(r["at_factors"]) == {"0.5", "2"} and r["predicted_max_lr"] > 0
+  lrs = np.array(summary["onthefly"]["slq_rule"]["learning_rates"])
+  assert lrs.shape == (2, 2) and np.all(lrs[:, 1] > 0)  # set at steps 10 and 20
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"sharpness.batch_sizes": (0, 4)}, "sharpness.batch_sizes"),
+    ({"stability.batch_sizes": (4, 3)}, "stability.batch_sizes"),
+    ({"stability.lr_range_sgd": (1.0, 0.1)}, "stability.lr_range_sgd"),
+    ({"stability.num_steps": 25}, "stability.num_steps"),
+    ({"onthefly.fraction": 2.0}, "onthefly.fraction"),
+    ({"model.activation": "swish"}, "model.activation"),
+    ({"sharpness.nope": 1}, "sharpness.nope"),
+])
+def test_batch_hessian_bad_config(tmp_path, override, key):
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    run.run(CFG + ":quick", str(tmp_path), overrides=override)

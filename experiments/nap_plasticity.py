@@ -181,7 +181,9 @@ def main(config, workdir: str) -> dict:
     long[arm] = run_arm(config, arm, config.long_horizon.num_tasks,
                         config.long_horizon.learning_rate, sub, ds)
     histories[f"long_{arm}"] = io.read_jsonl(os.path.join(sub, "metrics.jsonl"))
-  summary = {"arms": arms, "long_horizon": long, "checks": checks_of(arms),
+  checks = {**checks_of(arms), **checks_of({f"long_{k}": v for k, v in long.items()},
+                                           config.tasks.steps_per_task)}
+  summary = {"arms": arms, "long_horizon": long, "checks": checks,
              "kind": config.tasks.kind, "num_tasks": config.tasks.num_tasks,
              "steps_per_task": config.tasks.steps_per_task, "wall_time_s": time.time() - start}
   io.write_json(os.path.join(workdir, "summary.json"), summary)
@@ -189,14 +191,23 @@ def main(config, workdir: str) -> dict:
   return summary
 
 
-def checks_of(arms: dict) -> dict:
-  """The quantities the acceptance criteria are about (points = accuracy × 100)."""
+def checks_of(arms: dict, steps_per_task: int | None = None) -> dict:
+  """The quantities the acceptance criteria are about (points = accuracy × 100).
+
+  With `steps_per_task`, also the learning speed: the mean over the first and
+  the last three tasks of the steps to reach 90% training accuracy (a task
+  that never reaches it counts as steps_per_task).
+  """
   out = {}
   for arm, s in arms.items():
     out[f"{arm}_drop_points"] = 100 * (s["first_task_accuracy"] - s["last_task_accuracy"])
     out[f"{arm}_elr_ratio_final"] = s["elr_ratio_final"]
     out[f"{arm}_elr_max_rel_change"] = s["elr_max_rel_change"]
     out[f"{arm}_norm_growth"] = s["param_norm_growth"]
+    if steps_per_task is not None:
+      hit = [steps_per_task if n is None else n for n in s["steps_to_90pct"]]
+      out[f"{arm}_steps_to_90_first3"] = float(np.mean(hit[:3]))
+      out[f"{arm}_steps_to_90_last3"] = float(np.mean(hit[-3:]))
   return out
 
 

@@ -14,6 +14,16 @@ The module returns the hidden state after the embedding and after every block
 can read them.
 
 `normalize=False` drops every LayerNorm (the blocks and the final one).
+`normalize="nap"` keeps GPT-2's LayerNorms and adds one on the MLP's hidden
+pre-activation, before the GELU (`ln_mlp`): normalization before every
+nonlinearity of the MLP block, as Normalize-and-Project prescribes (Lyle et al.
+2024, arXiv:2407.01800, Sec. 4). The attention softmax keeps its unnormalized
+q·k logits (our reading: the MLP's GELU is the block's elementwise
+nonlinearity). With it, `fc` feeds a normalization (scale-invariant on its
+own) and everything writing into the residual stream (read-in, positional
+table, every `attn/proj` and `fc_out`) is jointly scale-invariant through the
+pre-LayerNorms and the final LayerNorm; `jaxlab.nap.nap_mask` builds those
+groups. The default (True) is the GPT-2 block, unchanged.
 """
 from __future__ import annotations
 
@@ -49,11 +59,14 @@ class CausalSelfAttention(nn.Module):
     return nn.Dense(w, dtype=self.dtype, name="proj")(out)
 
 
+NORMALIZE = (True, False, "nap")
+
+
 class Block(nn.Module):
   num_heads: int
   width: int
   mlp_ratio: int = 4
-  normalize: bool = True
+  normalize: bool | str = True
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -63,6 +76,8 @@ class Block(nn.Module):
     h = h + CausalSelfAttention(self.num_heads, self.width, self.dtype, name="attn")(
         norm("ln1")(h))
     m = nn.Dense(self.mlp_ratio * self.width, dtype=self.dtype, name="fc")(norm("ln2")(h))
+    if self.normalize == "nap":  # LayerNorm on the pre-activation, before the nonlinearity
+      m = norm("ln_mlp")(m)
     m = nn.Dense(self.width, dtype=self.dtype, name="fc_out")(nn.gelu(m, approximate=True))
     return h + m
 
@@ -74,7 +89,8 @@ class ICLTransformer(nn.Module):
     num_layers, num_heads, width: L, H, W (Garg et al.: 12, 8, 256).
     max_points: the largest N (positional table of 2N entries).
     mlp_ratio: MLP hidden size / W (GPT-2: 4).
-    normalize: pre-LayerNorm blocks + final LayerNorm (GPT-2) if True, no norm otherwise.
+    normalize: True: pre-LayerNorm blocks + final LayerNorm (GPT-2); False: no
+      LayerNorm; "nap": GPT-2's plus a LayerNorm before the MLP's GELU (NaP).
     dtype: compute dtype (params stay float32).
 
   Call: `apply(params, xs (B, N, d), ys (B, N))` -> (preds (B, N), hidden
@@ -94,10 +110,13 @@ class ICLTransformer(nn.Module):
   width: int
   max_points: int
   mlp_ratio: int = 4
-  normalize: bool = True
+  normalize: bool | str = True
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
+    if not any(self.normalize is v or (isinstance(v, str) and self.normalize == v)
+               for v in NORMALIZE):
+      raise ValueError(f"normalize={self.normalize!r}; allowed: {NORMALIZE}")
     for name in ("num_layers", "num_heads", "width", "max_points", "mlp_ratio"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -16,30 +16,46 @@ grows ‖θ_l‖ (‖θ + ηg‖² = ‖θ‖² + η²‖g‖²): normalized net
 learning rate implicitly. (Adam removes the 1/c in the gradient, so there the
 direction moves like η / ‖θ_l‖; see `jaxlab.nap.schedules`.)
 
-NaP makes that schedule explicit: normalization before
-every nonlinearity, and after every optimizer step each layer's weights are
-projected back onto the sphere of their initial radius,
+NaP makes that schedule explicit (the paper's two steps, "normalize" then
+"project"): normalization before every nonlinearity, and after every optimizer
+step each layer's weights are projected back onto the sphere of their initial
+radius,
 
     θ_l ← ρ_l · θ_l / ‖θ_l‖,   ρ_l = ‖θ_l^(0)‖           (per layer, Frobenius norm)
 
-so η_eff = η / ρ_l² is whatever the optimizer's schedule says. What is
-projected, as the paper prescribes:
+so η_eff = η / ρ_l² is whatever the optimizer's schedule says.
+
+Source and our reading. The body of arXiv:2407.01800 (method section,
+algorithm box, appendix) could not be read from this project's reference
+look-ups; only its abstract and third-party summaries were ("normalization
+before nonlinearities with periodic weight projection to a fixed-norm radius";
+the effective learning rate η/‖θ‖² of a scale-invariant layer). Where the text
+is not at hand we implement the exact symmetries of the network, and say so:
 
 - per layer, not per unit: a LayerNorm normalizes across the units of a
-  layer, so only a common rescaling of the whole matrix is a symmetry;
+  layer, so only a common rescaling of the whole matrix is a symmetry (a
+  per-unit rescaling changes the layer's output). Per unit would be right for
+  BatchNorm; `labels` can express it for other models.
 - the output layer is not projected: it is not followed by a normalization,
-  so its norm sets the output scale (logits, values) and must stay free;
-- the normalization's scale and offset (γ_l, β_l) are not scale-invariant on
-  their own; with a positively homogeneous nonlinearity (ReLU) and a
-  normalized next layer the pair is jointly invariant,
-  relu(c·(γ n + β)) = c·relu(γ n + β), so it is projected as one vector onto
-  its initial norm (‖γ⁰‖ = √width, β⁰ = 0). The pair feeding the unnormalized
-  output layer sets the output scale and is left free, like the output layer.
-- a bias added before the normalization is redundant (the paper drops it).
-  jaxlab's MLP keeps it; LN(c·(Wx + b)) = LN(Wx + b) holds for the pair, so
-  `nap_mask` projects (kernel, bias) jointly, which is the exact symmetry.
+  so its norm sets the output scale (logits, values) and must stay free.
+- a bias added before the normalization belongs to the layer's group:
+  LN(c·(Wx + b)) = LN(Wx + b) holds for the pair (kernel, bias), not for the
+  kernel alone once b ≠ 0, so `nap_mask` projects them jointly.
+- the normalization's scale and offset (γ_l, β_l) are left free by default:
+  they are not scale-invariant on their own. With ReLU, relu(c·(γ n + β)) =
+  c·relu(γ n + β), so (γ_l, β_l) is jointly invariant only if the next
+  layer's bias is rescaled too (exact while that bias is 0, e.g. at
+  initialization); `nap_mask(..., scale_offset=True)` projects the pair
+  anyway (the reading of an earlier version of this module), an
+  approximation once the next bias has moved.
+- in a pre-LayerNorm transformer (`ICLTransformer(normalize="nap")`) every
+  matrix writing into the residual stream is jointly scale-invariant through
+  the pre-LayerNorms and the final LayerNorm; `nap_mask` projects that set as
+  one group ("residual") and each MLP input matrix `fc` (which feeds the
+  LayerNorm before the GELU) on its own. q/k/v, the read-out and all
+  LayerNorm scales/offsets stay free (not scale-invariant).
 
-The paper reports that projecting every update or every 1,000 updates gives
+The paper reports that projecting every update or only every so often gives
 nearly the same result; this transform projects after every update.
 
 Leaves are chosen by a label pytree (or a function of the params that returns
@@ -172,24 +188,39 @@ def nap_project(labels: Labels | None = None) -> optax.GradientTransformation:
 
 
 _LAYER = re.compile(r"^(dense|norm)_(\d+)$")
+_BLOCK = re.compile(r"^block_(\d+)$")
 
 
-def nap_mask(params: Any, *, scale_offset: bool = True) -> dict:
-  """NaP labels for `jaxlab.models.mlp(..., normalize=True)` parameters.
+def nap_mask(params: Any, *, scale_offset: bool = False, residual: bool = True) -> Any:
+  """NaP labels for jaxlab models with normalization before each nonlinearity.
 
-  dense_i (kernel, bias) → group "dense_i" (it feeds norm_i); norm_i (scale,
-  bias) → group "norm_i" when `scale_offset` and a normalized layer follows
-  (valid for positively homogeneous activations such as ReLU; pass
-  scale_offset=False otherwise); the last norm_i and the readout → None.
+  `jaxlab.models.mlp(..., normalize=True)`: dense_i (kernel, bias) → group
+  "dense_i" (it feeds norm_i); with `scale_offset`, norm_i (scale, bias) →
+  group "norm_i" when a normalized layer follows (ReLU only, and exact only
+  while the next layer's bias is 0: see the module docstring); the readout
+  and every other LayerNorm → None.
+
+  `ICLTransformer(normalize="nap")` params (with or without the outer
+  "params" key): block_i/fc (kernel, bias) → group "block_i/fc" (it feeds
+  ln_mlp); with `residual`, read_in, pos_embedding and every block's
+  attn/proj and fc_out → one group "residual"; the rest → None.
 
   Raises:
-    ValueError: when `params` is not an MLP's params or has no normalization
-      (NaP needs `normalize=True`).
+    ValueError: when `params` is neither model's params or has no
+      normalization before a nonlinearity (NaP needs it).
   """
+  if isinstance(params, dict) and set(params) == {"params"}:
+    return {"params": nap_mask(params["params"], scale_offset=scale_offset, residual=residual)}
+  if isinstance(params, dict) and any(_BLOCK.match(k) for k in params):
+    if scale_offset:
+      raise ValueError("nap_mask: scale_offset=True; allowed only for ReLU MLP params (the "
+                       "transformer's GELU is not positively homogeneous)")
+    return _transformer_mask(params, residual)
   if not isinstance(params, dict) or "readout" not in params:
     keys = sorted(params) if isinstance(params, dict) else type(params).__name__
     raise ValueError(f"nap_mask: params with keys {keys}; allowed: a jaxlab.models.mlp "
-                     "params dict (dense_i, norm_i, readout)")
+                     "params dict (dense_i, norm_i, readout) or ICLTransformer params "
+                     "(block_i, read_in, pos_embedding, ln_f, read_out)")
   unknown = [k for k in params if k != "readout" and not _LAYER.match(k)]
   if unknown:
     raise ValueError(f"nap_mask: unknown modules {unknown}; allowed: dense_i, norm_i, readout "
@@ -209,6 +240,35 @@ def nap_mask(params: Any, *, scale_offset: bool = True) -> dict:
       last = int(m.group(2)) == depth - 1
       lab = k if scale_offset and not last else None
     labels[k] = jax.tree.map(lambda _, lab=lab: lab, sub)
+  return labels
+
+
+_TRANSFORMER_TOP = {"read_in", "pos_embedding", "ln_f", "read_out"}
+_BLOCK_MODULES = {"attn", "ln1", "ln2", "ln_mlp", "fc", "fc_out"}
+
+
+def _transformer_mask(params: dict, residual: bool) -> dict:
+  unknown = sorted(k for k in params if k not in _TRANSFORMER_TOP and not _BLOCK.match(k))
+  blocks = sorted(k for k in params if _BLOCK.match(k))
+  unknown += [f"{b}/{k}" for b in blocks for k in params[b] if k not in _BLOCK_MODULES]
+  if unknown or not _TRANSFORMER_TOP <= set(params):
+    raise ValueError(f"nap_mask: transformer params with modules {unknown or sorted(params)}; "
+                     "allowed: ICLTransformer params (block_i with attn, ln1, ln2, ln_mlp, fc, "
+                     "fc_out; read_in, pos_embedding, ln_f, read_out)")
+  if not all("ln_mlp" in params[b] for b in blocks):
+    raise ValueError("nap_mask: the transformer has no ln_mlp layers; allowed: "
+                     "ICLTransformer(normalize='nap') params (NaP projects only weights that "
+                     "feed a normalization)")
+  res = "residual" if residual else None
+  none = lambda sub, lab=None: jax.tree.map(lambda _: lab, sub)  # noqa: E731
+  labels = {k: none(params[k], res if k in ("read_in", "pos_embedding") else None)
+            for k in _TRANSFORMER_TOP}
+  for b in blocks:
+    sub = {k: none(v) for k, v in params[b].items()}
+    sub["fc"] = none(params[b]["fc"], f"{b}/fc")
+    sub["fc_out"] = none(params[b]["fc_out"], res)
+    sub["attn"] = dict(sub["attn"], proj=none(params[b]["attn"]["proj"], res))
+    labels[b] = sub
   return labels
 
 

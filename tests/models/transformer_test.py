@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlab.models.transformer import ICLTransformer, interleave
+from jaxlab.models.transformer import Block, ICLTransformer, interleave
 
 B, N, D = 3, 6, 4
 
@@ -80,3 +80,73 @@ def test_bad_config_and_inputs_raise():
     _model().init(jax.random.key(0), xs, ys[:, :-1])
   with pytest.raises(ValueError, match="num_layers"):
     _model(num_layers=0).init(jax.random.key(0), xs, jnp.asarray(ys))
+
+
+def _ln(x, scale, bias, eps=1e-5):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * scale + bias
+
+
+def _gelu_tanh(x):
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def test_normalize_nap_puts_layernorm_before_the_mlp_nonlinearity():
+  xs, ys = _data()
+  params = _model(normalize="nap", num_layers=1).init(jax.random.key(1), xs, ys)
+  p = params["params"]["block_0"]
+  assert set(p) == {"attn", "ln1", "ln2", "ln_mlp", "fc", "fc_out"}
+  # Move the LayerNorm's scale/offset off their init so the reference below sees them.
+  k1, k2 = jax.random.split(jax.random.key(2))
+  p["ln_mlp"] = {"scale": 1 + 0.3 * jax.random.normal(k1, (64,)),
+                 "bias": 0.2 * jax.random.normal(k2, (64,))}
+  # Independent numpy reference of block 0's MLP branch on a hidden state h:
+  # h + fc_out(gelu(LN_mlp(fc(LN2(h))))); the attention branch is read off the module.
+  h = np.asarray(jax.random.normal(jax.random.key(3), (B, 2 * N, 16)))
+  block = Block(num_heads=2, width=16, normalize="nap")
+  out = np.asarray(block.apply({"params": p}, jnp.asarray(h)))
+  attn_only = np.asarray(block.apply({"params": dict(p, fc_out={
+      "kernel": jnp.zeros_like(p["fc_out"]["kernel"]), "bias": jnp.zeros(16)})}, jnp.asarray(h)))
+  a = attn_only  # = h + attn(LN1(h))
+  f = {k: {n: np.asarray(v, np.float64) for n, v in p[k].items()}
+       for k in ("ln2", "ln_mlp", "fc", "fc_out")}
+  pre = _ln(a, f["ln2"]["scale"], f["ln2"]["bias"]) @ f["fc"]["kernel"] + f["fc"]["bias"]
+  mlp = _gelu_tanh(_ln(pre, f["ln_mlp"]["scale"], f["ln_mlp"]["bias"])) @ f["fc_out"]["kernel"]
+  np.testing.assert_allclose(out, a + mlp + f["fc_out"]["bias"], rtol=1e-4, atol=1e-5)
+
+
+def test_normalize_nap_default_unchanged_and_fc_scale_invariant():
+  xs, ys = _data()
+  ref = _model()  # the default is GPT-2's block, no ln_mlp
+  params = ref.init(jax.random.key(1), xs, ys)
+  assert "ln_mlp" not in params["params"]["block_0"]
+  assert ref.normalize is True
+  nap = _model(normalize="nap")
+  pn = nap.init(jax.random.key(1), xs, ys)
+  # The parameters the two share are drawn identically (ln_mlp only adds leaves).
+  for b in ("block_0", "block_1"):
+    for k, v in params["params"][b].items():
+      for a, c in zip(jax.tree.leaves(v), jax.tree.leaves(pn["params"][b][k]), strict=True):
+        np.testing.assert_array_equal(a, c)
+  y, _ = nap.apply(pn, xs, ys)
+  assert np.max(np.abs(np.asarray(y) - np.asarray(ref.apply(params, xs, ys)[0]))) > 1e-4
+
+  def scale_fc(p, c):
+    q = jax.tree.map(lambda x: x, p)
+    q["params"]["block_1"]["fc"] = jax.tree.map(lambda w: c * w, p["params"]["block_1"]["fc"])
+    return q
+
+  # fc feeds ln_mlp under "nap": rescaling it leaves the output alone up to LayerNorm's eps
+  # (1e-5 against fc's pre-activation variance ≈ 64·0.02²·(1 + ...) ≈ 0.03: ~2e-4 relative).
+  scale = float(np.max(np.abs(np.asarray(y))))
+  np.testing.assert_allclose(nap.apply(scale_fc(pn, 3.0), xs, ys)[0], y, atol=2e-3 * scale)
+  # Without ln_mlp the same rescaling changes the predictions by far more.
+  y0 = np.asarray(ref.apply(params, xs, ys)[0])
+  assert np.max(np.abs(np.asarray(ref.apply(scale_fc(params, 3.0), xs, ys)[0]) - y0)) > 0.05 * scale
+
+
+def test_normalize_bad_value_raises():
+  xs, ys = _data()
+  with pytest.raises(ValueError, match=r"normalize='post'; allowed: \(True, False, 'nap'\)"):
+    _model(normalize="post").init(jax.random.key(0), xs, ys)

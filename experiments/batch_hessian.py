@@ -11,9 +11,10 @@ stable rates, SGD 2/λ_max(B) and Adam (2 + 2β₁)/((1 − β₁) λ_max(D⁻¹
 Adam's preconditioner D at batch size B; (4) training from the same point
 over a learning-rate grid for each B (vmapped), giving the measured largest
 stable rate, its scaling exponent in B for SGD and Adam, and the outcome at
-0.5× and 2× the prediction; (5) optionally an arm trained from scratch with
-the SLQ on-the-fly learning-rate hook (batch_lr.slq_lr_hook) beside the same
-run at a fixed rate.
+0.5× and 2× the prediction; (5) optionally an SGD arm trained from the same
+initialization and batches as the pretraining run (the fixed-rate baseline)
+with its rate set every few steps by the SLQ on-the-fly hook
+(batch_lr.slq_lr_hook, through the train loop's state-updating hooks).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jaxlab import data, models, spectral, train  # noqa: E402
+from jaxlab import data, models, train  # noqa: E402
 from jaxlab.spectral import batch_lr  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
 
@@ -49,8 +50,12 @@ def validate(config) -> None:
               "pretrain.batch_size", "pretrain.num_steps", "sharpness.draws",
               "sharpness.lanczos_iters", "sharpness.full_batch_size", "sharpness.grad_draws",
               "stability.num_steps", "stability.eval_every_steps", "stability.points_per_octave",
-              "stability.loss_increase_tolerance", "adam.eps"):
+              "adam.eps"):
     checks.positive(config, key)
+  checks.positive(config, "stability.adam_warmup_steps", allow_zero=True)
+  if not 0 < config.stability.divergence_fraction <= 1:
+    raise ValueError(f"config key 'stability.divergence_fraction': "
+                     f"{config.stability.divergence_fraction}; allowed: in (0, 1]")
   n = config.data.num_train
   if n > 0.8 * config.data.num_samples:
     raise ValueError(f"config key 'data.num_train': {n}; allowed: at most 0.8 × "
@@ -87,10 +92,8 @@ def validate(config) -> None:
                      "allowed: in [0, 1)")
   o = config.onthefly
   if o.enabled:
-    for key in ("batch_size", "every_steps", "lanczos_iters", "num_batches", "fixed_lr"):
+    for key in ("every_steps", "lanczos_iters", "num_batches"):
       checks.positive(config, f"onthefly.{key}")
-    if o.batch_size > n:
-      raise ValueError(f"config key 'onthefly.batch_size': {o.batch_size}; allowed: <= {n}")
     if not 0 < o.fraction <= 1:
       raise ValueError(f"config key 'onthefly.fraction': {o.fraction}; allowed: in (0, 1]")
 
@@ -126,12 +129,14 @@ def measure_sharpness(config, weighted, params, x, y, key) -> dict:
   sc = config.sharpness
   rng = np.random.default_rng(config.seed)
   n = len(x)
+  ones = jax.tree.map(jnp.ones_like, params)
   per_b = {}
   for i, b in enumerate(list(sc.batch_sizes) + [n]):
     lams = []
     for j in range(sc.draws if b < n else 1):
       w = _weights(n, rng.choice(n, b, replace=False))
-      mv = spectral.hessian_vp(weighted, params, {"x": x, "y": y, "w": w})
+      # D = 1: the plain Hessian, through the operator Adam's arm uses (one compile for both).
+      mv = batch_lr.preconditioned_hessian_vp(weighted, params, {"x": x, "y": y, "w": w}, ones)
       lams.append(batch_lr.top_eigenvalue(mv, params, sc.lanczos_iters,
                                           jax.random.fold_in(key, 1000 * i + j)))
     per_b[int(b)] = lams
@@ -143,17 +148,21 @@ def adam_preconditioned_sharpness(config, weighted, params, x, y, batch_sizes, k
   """λ_max(D_B^{-1/2} H_B D_B^{-1/2}), D_B = √E[g_B²] + ε from `grad_draws` batches of size B."""
   sc = config.sharpness
   rng = np.random.default_rng(config.seed + 1)
-  grad = jax.jit(jax.grad(weighted))
   n = len(x)
+
+  @jax.jit
+  def preconditioner(params, ws):  # √(mean over batches of g_B²) + ε
+    def add(acc, w):
+      g = jax.grad(weighted)(params, {"x": x, "y": y, "w": w})
+      return jax.tree.map(lambda a, b: a + b * b, acc, g), None
+    sq, _ = jax.lax.scan(add, jax.tree.map(jnp.zeros_like, params), ws)
+    return jax.tree.map(lambda a: jnp.sqrt(a / ws.shape[0]) + config.adam.eps, sq)
+
   out = {}
   for i, b in enumerate(batch_sizes):
     ws = [_weights(n, rng.choice(n, b, replace=False))
           for _ in range(max(sc.grad_draws, sc.draws))]
-    sq = None
-    for w in ws[:sc.grad_draws]:
-      g2 = jax.tree.map(jnp.square, grad(params, {"x": x, "y": y, "w": w}))
-      sq = g2 if sq is None else jax.tree.map(jnp.add, sq, g2)
-    diag = jax.tree.map(lambda s: jnp.sqrt(s / sc.grad_draws) + config.adam.eps, sq)
+    diag = preconditioner(params, jnp.asarray(np.stack(ws[:sc.grad_draws])))
     lams = []
     for j, w in enumerate(ws[:sc.draws]):
       mv = batch_lr.preconditioned_hessian_vp(weighted, params, {"x": x, "y": y, "w": w}, diag)
@@ -182,27 +191,32 @@ def sweep_fn(per_example, tx):
     return optax.apply_updates(p, u), s
 
   @jax.jit
-  def run(lrs, params, idx, w, x, y):
-    def init(lr):
-      s = tx.init(params)
+  def run(lrs, params, warm_idx, idx, w, x, y):
+    def with_lr(s, lr):
       hp = dict(s.hyperparams)
       hp["learning_rate"] = lr
-      return params, s._replace(hyperparams=hp)
+      return s._replace(hyperparams=hp)
+
+    def inner(c, ib):
+      return jax.vmap(one_step, in_axes=(0, 0, None, None, None))(*c, x[ib], y[ib], w), None
 
     def block(carry, ib_block):
-      def inner(c, ib):
-        return jax.vmap(one_step, in_axes=(0, 0, None, None, None))(*c, x[ib], y[ib], w), None
       carry, _ = jax.lax.scan(inner, carry, ib_block)
       return carry, jax.vmap(lambda p: mean_loss(p, x, y))(carry[0])
 
-    _, losses = jax.lax.scan(block, jax.vmap(init)(lrs), idx)
+    carry = jax.vmap(lambda lr: (params, with_lr(tx.init(params), 0.0 * lr)))(lrs)
+    # Warm-up at rate 0: the parameters stay put while Adam's moments fill with
+    # batch-size-B gradients (its preconditioner then matches B, as the theory assumes).
+    carry, _ = jax.lax.scan(inner, carry, warm_idx)
+    carry = (carry[0], jax.vmap(with_lr)(carry[1], lrs))
+    _, losses = jax.lax.scan(block, carry, idx)
     return losses
 
   return run
 
 
 def lr_sweep(run, per_example, params, lrs, x, y, batch_size, pad_to, num_steps, eval_every,
-             seed) -> np.ndarray:
+             seed, warmup_steps=0) -> np.ndarray:
   """Full-training-set loss every `eval_every` steps for each learning rate: (evals + 1, L).
 
   All rates start from `params` and see the same batches (one jitted scan,
@@ -211,23 +225,30 @@ def lr_sweep(run, per_example, params, lrs, x, y, batch_size, pad_to, num_steps,
   """
   n = len(x)
   order = data.Batches({"i": np.arange(n)}, batch_size, seed=seed)
-  idx = np.zeros((num_steps, pad_to), np.int32)
-  idx[:, :batch_size] = np.stack([order(t)["i"] for t in range(num_steps)])
-  idx = idx.reshape(num_steps // eval_every, eval_every, pad_to)
+  total = warmup_steps + num_steps
+  idx = np.zeros((total, pad_to), np.int32)
+  idx[:, :batch_size] = np.stack([order(t)["i"] for t in range(total)])
+  warm_idx = idx[:warmup_steps]
+  idx = idx[warmup_steps:].reshape(num_steps // eval_every, eval_every, pad_to)
   w = np.zeros(pad_to, np.float32)
   w[:batch_size] = 1.0 / batch_size
   xs, ys = jnp.asarray(x), jnp.asarray(y)
-  losses = np.asarray(run(jnp.asarray(lrs, jnp.float32), params, jnp.asarray(idx),
-                          jnp.asarray(w), xs, ys))
+  losses = np.asarray(run(jnp.asarray(lrs, jnp.float32), params, jnp.asarray(warm_idx),
+                          jnp.asarray(idx), jnp.asarray(w), xs, ys))
   start = float(per_example(params, xs, ys).mean())
   return np.concatenate([np.full((1, len(lrs)), start), losses], 0)
 
 
-def stable_mask(losses: np.ndarray, tolerance: float) -> np.ndarray:
-  """A rate is stable when its loss stays finite and never exceeds (1 + tol) × the start."""
+def stable_mask(losses: np.ndarray, fraction: float, chance_loss: float) -> np.ndarray:
+  """Stable: the loss stays finite and below start + fraction · (chance − start).
+
+  Cross-entropy training past the stability limit rarely overflows: the loss
+  jumps toward chance level ln C (a catapult, or collapse). SGD noise alone
+  raises the loss of a small batch a little, not half way to chance.
+  """
   finite = np.all(np.isfinite(losses), axis=0)
   peak = np.where(np.isfinite(losses), losses, np.inf).max(axis=0)
-  return finite & (peak <= (1.0 + tolerance) * losses[0])
+  return finite & (peak <= losses[0] + fraction * (chance_loss - losses[0]))
 
 
 def largest_stable(lrs: np.ndarray, stable: np.ndarray) -> float:
@@ -237,34 +258,27 @@ def largest_stable(lrs: np.ndarray, stable: np.ndarray) -> float:
   return float(lrs[k - 1]) if k > 0 else float("nan")
 
 
-def onthefly_arm(config, model, probe, ds, workdir) -> dict:
-  o = config.onthefly
-  arrays = {"x": ds.x_train, "y": ds.y_train}
-  loss_fn = recipes.classification_loss(model.apply)
-  evaluate = recipes.classification_eval(model.apply, ds.x_train, ds.y_train, "train")
-  params0 = model.init(jax.random.key(config.seed + 7))
-  out = {}
-  hook = batch_lr.slq_lr_hook(probe, data.Batches(arrays, o.batch_size, seed=config.seed + 11),
+def _curve(history):
+  return [[r["step"], r["loss"]] for r in history]
+
+
+def onthefly_arm(config, loss_fn, tx, params0, probe, arrays, evaluate, workdir) -> dict:
+  """SGD from the pretraining run's start, same batches, rate set by the SLQ hook."""
+  o, pre = config.onthefly, config.pretrain
+  hook = batch_lr.slq_lr_hook(probe, data.Batches(arrays, pre.batch_size, seed=config.seed + 11),
                               every_steps=o.every_steps, num_iters=o.lanczos_iters,
                               num_batches=o.num_batches, fraction=o.fraction,
                               seed=config.seed + 12)
-  for name, tx, hooks in (
-      ("slq_rule", optax.inject_hyperparams(optax.sgd)(learning_rate=o.fixed_lr), (hook,)),
-      ("fixed_lr", optax.sgd(o.fixed_lr), ())):
-    res = train.train(loss_fn, params0, tx, data.Batches(arrays, o.batch_size, seed=config.seed),
-                      num_steps=config.pretrain.num_steps, key=jax.random.key(config.seed + 8),
-                      workdir=os.path.join(workdir, f"onthefly_{name}"),
-                      log_every=o.every_steps, hooks=hooks, progress=False,
-                      desc=f"onthefly {name}")
-    ev = {k: float(v) for k, v in evaluate(res.state.params).items()}
-    arm = {**ev, "loss_curve": [[r["step"], r["loss"]] for r in res.history]}
-    if hooks:
-      arm["learning_rates"] = [[r["step"], r["slq_learning_rate"]] for r in res.history
-                               if "slq_learning_rate" in r]
-      arm["batch_sharpness"] = [[r["step"], r["slq_batch_sharpness"]] for r in res.history
-                                if "slq_batch_sharpness" in r]
-    out[name] = arm
-  return out
+  res = train.train(loss_fn, params0, tx, data.Batches(arrays, pre.batch_size, seed=config.seed),
+                    num_steps=pre.num_steps, key=jax.random.key(config.seed + 8),
+                    workdir=os.path.join(workdir, "onthefly"), log_every=o.every_steps,
+                    hooks=(hook,), progress=False, desc="onthefly")
+  return {**{k: float(v) for k, v in evaluate(res.state.params).items()},
+          "loss_curve": _curve(res.history),
+          "learning_rates": [[r["step"], r["slq_learning_rate"]] for r in res.history
+                             if "slq_learning_rate" in r],
+          "batch_sharpness": [[r["step"], r["slq_batch_sharpness"]] for r in res.history
+                              if "slq_batch_sharpness" in r]}
 
 
 def main(config, workdir: str) -> dict:
@@ -275,16 +289,21 @@ def main(config, workdir: str) -> dict:
   model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes,
                      activation=config.model.activation)
   per_example, probe, weighted = _losses(model.apply)
-  k_init, k_train, k_sharp, k_adam = jax.random.split(jax.random.key(config.seed), 4)
+  k_init, k_sharp, k_adam = jax.random.split(jax.random.key(config.seed), 3)
   arrays = {"x": ds.x_train, "y": ds.y_train}
   pre = config.pretrain
-  res = train.train(recipes.classification_loss(model.apply), model.init(k_init),
-                    optax.sgd(pre.learning_rate), data.Batches(arrays, pre.batch_size,
-                                                               seed=config.seed),
-                    num_steps=pre.num_steps, key=k_train, workdir=os.path.join(workdir, "pretrain"),
-                    log_every=max(1, pre.num_steps // 10), progress=False, desc="pretrain")
+  loss_fn = recipes.classification_loss(model.apply)
+  # One tx for pretraining and the on-the-fly arm: the loop reuses its compiled step.
+  tx = optax.inject_hyperparams(optax.sgd)(learning_rate=pre.learning_rate)
+  params0 = model.init(k_init)
+  log_every = config.onthefly.every_steps if config.onthefly.enabled else pre.num_steps // 10
+  res = train.train(loss_fn, params0, tx, data.Batches(arrays, pre.batch_size, seed=config.seed),
+                    num_steps=pre.num_steps, key=jax.random.key(config.seed + 8),
+                    workdir=os.path.join(workdir, "pretrain"), log_every=max(1, log_every),
+                    progress=False, desc="pretrain")
   params = res.state.params
-  ev = recipes.classification_eval(model.apply, ds.x_train, ds.y_train, "train")(params)
+  evaluate = recipes.classification_eval(model.apply, ds.x_train, ds.y_train, "train")
+  ev = evaluate(params)
   num_params = int(sum(np.size(p) for p in jax.tree.leaves(params)))
 
   # (1) λ_max of the mini-batch Hessians and of the full training set; (2) the fit.
@@ -320,8 +339,9 @@ def main(config, workdir: str) -> dict:
     for b, pred in zip(sb, preds, strict=True):
       lrs = np.concatenate([grid, pred * np.asarray(st.factors, np.float64)])
       losses = lr_sweep(run, per_example, params, lrs, ds.x_train, ds.y_train, int(b),
-                        int(sb.max()), st.num_steps, st.eval_every_steps, config.seed + int(b))
-      ok = stable_mask(losses, st.loss_increase_tolerance)
+                        int(sb.max()), st.num_steps, st.eval_every_steps, config.seed + int(b),
+                        st.adam_warmup_steps if opt == "adam" else 0)
+      ok = stable_mask(losses, st.divergence_fraction, np.log(ds.num_classes))
       g = len(grid)
       rows.append({
           "batch_size": int(b),
@@ -365,11 +385,15 @@ def main(config, workdir: str) -> dict:
       "equation": "λ_max(B) = λ + s/λ if λ² > s else 2√s, s = Pσ²(1/B − 1/N) (spiked-Wigner BBP "
                   "form of Granziol et al. 2022); SGD η_max = 2/λ_max(B); Adam η_max = "
                   "(2+2β₁)/((1−β₁) λ_max(D⁻¹H_B))",
-      "stability_rule": f"stable: full-train loss finite and <= (1 + "
-                        f"{st.loss_increase_tolerance:g}) × start over {st.num_steps} steps",
+      "stability_rule": f"stable: full-train loss finite and below start + "
+                        f"{st.divergence_fraction:g}·(ln C − start) over {st.num_steps} steps "
+                        f"(Adam after {st.adam_warmup_steps} warm-up steps at rate 0)",
   }
   if config.onthefly.enabled:
-    summary["onthefly"] = onthefly_arm(config, model, probe, ds, workdir)
+    summary["onthefly"] = {
+        "slq_rule": onthefly_arm(config, loss_fn, tx, params0, probe, arrays, evaluate, workdir),
+        "fixed_lr": {**summary["pretrain"], "loss_curve": _curve(res.history),
+                     "learning_rate": pre.learning_rate}}
   summary["wall_time_s"] = time.time() - start
   io.write_json(os.path.join(workdir, "summary.json"), summary)
   plot(summary, workdir)

@@ -31,9 +31,9 @@ def get_config(arg=None):
   c.adam = dict(b1=0.9, b2=0.999, eps=1e-8)
   c.stability = dict(batch_sizes=(2, 4, 8, 16, 32, 64), num_steps=400, eval_every_steps=20,
                      points_per_octave=4, lr_range_sgd=(1e-3, 20.0), lr_range_adam=(1e-5, 0.3),
-                     factors=(0.5, 2.0), loss_increase_tolerance=1.0)
-  c.onthefly = dict(enabled=True, batch_size=64, every_steps=50, lanczos_iters=20, num_batches=2,
-                    fraction=0.5, fixed_lr=0.05)
+                     factors=(0.5, 2.0), divergence_fraction=0.5,
+                     adam_warmup_steps=100)
+  c.onthefly = dict(enabled=True, every_steps=50, lanczos_iters=20, num_batches=2, fraction=0.5)
   if opts.quick:
     c.data.num_samples = 1250
     c.data.num_train = 1000

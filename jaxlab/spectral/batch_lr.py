@@ -244,6 +244,31 @@ def top_eigenvalue(matvec: Callable, params_like: Any, num_iters: int, key: jax.
   return float(np.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))[-1])
 
 
+_PRECOND_CACHE: dict = {}
+
+
+def preconditioned_hessian_vp(loss_fn: Callable, params: Any, batch: Any, diag: Any) -> Callable:
+  """``v -> D^{-1/2} H D^{-1/2} v`` on one batch: similar to ``D⁻¹H``, with the same eigenvalues.
+
+  ``diag`` (shaped like params, > 0) is Adam's preconditioner ``D = √v + ε``;
+  λ_max of this operator is the "preconditioned sharpness" that
+  :func:`max_stable_lr_adam` takes. Returns a ``jax.tree_util.Partial`` (one
+  compile per batch shape when passed to :func:`~jaxlab.spectral.lanczos`).
+  """
+  ops.check_like(diag, ops.flat_spec(params, "params"), "diag")
+  if any(bool(jnp.any(d <= 0)) for d in jax.tree.leaves(diag)):
+    raise ValueError("diag has entries <= 0; allowed: a positive preconditioner √v + ε")
+  fn = _PRECOND_CACHE.get(loss_fn)
+  if fn is None:
+    def fn(params, batch, inv_sqrt, v):
+      u = jax.tree.map(lambda a, b: (a * b).astype(b.dtype), v, inv_sqrt)
+      hu = jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (u,))[1]
+      return jax.tree.map(lambda a, b, t: (a * b).astype(t.dtype), hu, inv_sqrt, v)
+    _PRECOND_CACHE[loss_fn] = fn
+  inv_sqrt = jax.tree.map(lambda d: 1.0 / jnp.sqrt(d), diag)
+  return jax.tree_util.Partial(fn, params, ops.place_batch(batch), inv_sqrt)
+
+
 class SLQLearningRateHook:
   """Train-loop hook (``updates_state = True``) behind :func:`slq_lr_hook`."""
 

@@ -155,3 +155,16 @@ def test_slq_hook_needs_injected_hyperparams():
     train.train(lambda p, b, k: (_probe(p, b), {}), {"w": np.zeros(3, np.float32)},
                 optax.sgd(0.01), lambda s: batch, num_steps=2, key=jax.random.key(0),
                 hooks=(hook,), progress=False)
+
+
+def test_preconditioned_operator_matches_dense_d_inverse_h():
+  batch = _regression(n=32, d=5, seed=3)
+  params = {"w": np.zeros(5, np.float32)}
+  diag = {"w": np.array([0.5, 1.0, 2.0, 0.1, 3.0], np.float32)}
+  mv = batch_lr.preconditioned_hessian_vp(_probe, params, batch, diag)
+  h = batch["x"].T.astype(np.float64) @ batch["x"] / 32
+  dense = np.linalg.eigvals(np.diag(1 / diag["w"].astype(np.float64)) @ h).real.max()
+  top = batch_lr.top_eigenvalue(mv, params, 5, jax.random.key(0))
+  np.testing.assert_allclose(top, dense, rtol=1e-4)  # float32 Lanczos, 5 exact steps
+  with pytest.raises(ValueError, match="diag"):
+    batch_lr.preconditioned_hessian_vp(_probe, params, batch, {"w": -np.ones(5, np.float32)})

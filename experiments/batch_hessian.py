@@ -24,6 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import optax
 
@@ -443,6 +444,8 @@ def plot(summary: dict, workdir: str) -> None:
               ls=":", label=f"∝ B^{slope:g}")
     ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="learning rate",
            title=f"{opt}: green stable, red unstable")
+    ax.set_xticks(sb, [str(v) for v in sb])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend(fontsize=7)
   fig.tight_layout()
   io.save_figure(fig, workdir, "max_learning_rate")

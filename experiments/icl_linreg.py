@@ -76,6 +76,11 @@ def validate(config) -> None:
                        f"allowed: values < task.n_points={config.task.n_points}")
   recipes.check_optimizer_config(config.optimizer)
   checks.divisible_by_devices(config, "train.batch_size")
+  checks.choice(config, "arms_init", ("scratch", "noiseless"))
+  if config.arms_init == "noiseless" and not config.arms.noiseless \
+      and (config.arms.noisy or config.arms.ill_conditioned):
+    raise ValueError("config key 'arms_init': 'noiseless' needs arms.noiseless > 0; "
+                     "allowed: 'scratch' when the noiseless arm is skipped")
 
 
 def arm_distribution(config, arm: str) -> tuple[float, float]:
@@ -84,8 +89,8 @@ def arm_distribution(config, arm: str) -> tuple[float, float]:
           "ill_conditioned": (float(config.task.condition_number), 0.0)}[arm]
 
 
-def train_arm(config, arm: str, workdir: str):
-  """Trains the arm's model; returns (model, params, history, seconds)."""
+def train_arm(config, arm: str, workdir: str, init_params=None):
+  """Trains the arm's model (from `init_params` if given); returns (model, params, history, s)."""
   t, m = config.task, config.model
   kappa, sigma = arm_distribution(config, arm)
   model = ICLTransformer(num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
@@ -99,6 +104,8 @@ def train_arm(config, arm: str, workdir: str):
                                    condition_number=kappa, noise_std=sigma, curriculum=curriculum)
   k_init, k_train = jax.random.split(jax.random.key(seed))
   params = model.init(k_init, jnp.zeros((1, t.n_points, t.dim)), jnp.zeros((1, t.n_points)))
+  if init_params is not None:
+    params = init_params
   steps = int(config.arms[arm])
   tx, schedule = recipes.build_optimizer(config.optimizer, steps)
   if config.train.clip_norm > 0:
@@ -162,13 +169,17 @@ def main(config, workdir: str) -> dict:
   validate(config)
   start = time.time()
   t = config.task
-  summary: dict = {"dim": t.dim, "n_points": t.n_points}
+  summary: dict = {"dim": t.dim, "n_points": t.n_points, "arms_init": config.arms_init}
   evals = {}
+  trained = {}
   for arm in ARMS:
     if not config.arms[arm]:
       continue
     arm_dir = os.path.join(workdir, arm)
-    model, params, history, seconds = train_arm(config, arm, arm_dir)
+    warm = arm != "noiseless" and config.arms_init == "noiseless"  # validate() checked
+    model, params, history, seconds = train_arm(
+        config, arm, arm_dir, init_params=trained["noiseless"] if warm else None)
+    trained[arm] = params
     kappa, sigma = arm_distribution(config, arm)
     predict = training.predict_fn(model.apply)
     ev = evaluation.evaluate_model(

@@ -60,6 +60,9 @@ def get_config(arg=None):
   c.optimizer = dict(name="adam", learning_rate=1e-4, schedule="constant", warmup_steps=0)
   # Steps per arm; 0 skips the arm.
   c.arms = dict(noiseless=500_000, noisy=500_000, ill_conditioned=500_000)
+  # "scratch": every arm trains its own model from initialization; "noiseless":
+  # the noisy and ill-conditioned arms fine-tune the trained noiseless model.
+  c.arms_init = "scratch"
   c.train = dict(batch_size=64, clip_norm=0.0, log_every_steps=500,
                  checkpoint_every_steps=10_000, progress=True)
   c.eval = dict(num_prompts=1000, probe_prompts=2000, newton_steps=tuple(range(13)),
@@ -70,7 +73,8 @@ def get_config(arg=None):
     c.task.update(dim=5, n_points=11, curriculum=False)
     c.model.update(num_layers=6, num_heads=4, width=48)
     c.optimizer.update(learning_rate=2e-3, schedule="cosine", warmup_steps=200)
-    c.arms = dict(noiseless=6000, noisy=1500, ill_conditioned=1500)
+    c.arms = dict(noiseless=4500, noisy=750, ill_conditioned=750)
+    c.arms_init = "noiseless"
     c.train.update(clip_norm=1.0, log_every_steps=250, checkpoint_every_steps=1000)
     c.eval.update(num_prompts=1000, probe_prompts=1000, newton_steps=tuple(range(17)),
                   gd_steps=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256),

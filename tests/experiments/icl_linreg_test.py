@@ -45,6 +45,8 @@ def test_tiny_run_writes_summary_plots_and_resumes(tmp_path):
     ({"eval.weight_contexts": (20,)}, "eval.weight_contexts"),
     ({"optimizer.name": "nope"}, "optimizer.name"),
     ({"arms.noiseless": 0, "arms.noisy": 0, "arms.ill_conditioned": 0}, "arms"),
+    ({"arms.noiseless": 0, "arms_init": "noiseless"}, "arms_init"),
+    ({"arms_init": "pretrained"}, "arms_init"),
 ])
 def test_bad_config_raises_before_compiling(tmp_path, override, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):

@@ -12,9 +12,14 @@ they differ in how the output and the updates scale with width:
 | readout | 1/√f, ×1          | 1, ×1/√f                | 1/√f, ×1/√f                    |
 
 The mup column is Table 3 of "Tensor Programs V" (input LR ∝ n, output init
-∝ 1/f², output LR ∝ 1/f) moved into multipliers by the abc-symmetry
+∝ 1/f², output LR ∝ 1/f) moved into multipliers by the SGD abc-symmetry
 (a, b, c) → (a + θ, b − θ, c − 2θ), so that one global SGD learning rate is
-correct at every width. Biases start at zero with multiplier 1.
+correct at every width. Biases start at zero with multiplier 1, except under
+mup, where the biases of the input and hidden layers (Table 3: SGD LR ∝ their
+fan-out n) get the multiplier √n by the same symmetry. Adam's symmetry is
+(a + θ, b − θ, c − θ): under Adam these multipliers need per-layer learning
+rates (input and readout weights and the √n biases ∝ 1/√n, hidden weights
+∝ 1/n, readout bias 1), which the optimizer must apply.
 
 With `normalize=True` a LayerNorm (scale and offset) is applied to every
 hidden pre-activation, before the nonlinearity.
@@ -38,12 +43,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class ScaledDense(nn.Module):
-  """y = multiplier · x @ kernel + bias, kernel ~ N(0, init_std²)."""
+  """y = multiplier · x @ kernel + bias_multiplier · bias, kernel ~ N(0, init_std²), bias = 0."""
 
   features: int
   init_std: float
   multiplier: float = 1.0
   use_bias: bool = True
+  bias_multiplier: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -51,13 +57,19 @@ class ScaledDense(nn.Module):
                         (x.shape[-1], self.features))
     y = self.multiplier * (x @ kernel)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,))[None, :]
+      bias = self.param("bias", nn.initializers.zeros, (self.features,))
+      y = y + self.bias_multiplier * bias[None, :]
     return y
+
+
+def bias_multiplier(parametrization: str, fan_out: int, kind: str) -> float:
+  """√fan_out for the mup input/hidden biases (SGD LR ∝ fan_out moved into the multiplier), else 1."""
+  return math.sqrt(fan_out) if parametrization == "mup" and kind != "readout" else 1.0
 
 
 def layer_scales(parametrization: str, fan_in: int, fan_out: int, kind: str,
                  gain: float) -> tuple[float, float]:
-  """(init_std, multiplier) of one layer; kind in {"input", "hidden", "readout"}."""
+  """(init_std, multiplier) of one layer's kernel; kind in {"input", "hidden", "readout"}."""
   if kind == "readout":
     gain = 1.0
   if parametrization == "standard":
@@ -97,9 +109,10 @@ class MLP(nn.Module):
     hidden = []
     h = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden_sizes):
-      std, mult = layer_scales(self.parametrization, h.shape[-1], width,
-                               "input" if i == 0 else "hidden", gain)
-      h = ScaledDense(width, std, mult, name=f"dense_{i}")(h)
+      kind = "input" if i == 0 else "hidden"
+      std, mult = layer_scales(self.parametrization, h.shape[-1], width, kind, gain)
+      h = ScaledDense(width, std, mult, bias_multiplier=bias_multiplier(
+          self.parametrization, width, kind), name=f"dense_{i}")(h)
       if self.normalize:
         h = nn.LayerNorm(name=f"norm_{i}")(h)
       h = act(h)

@@ -1,0 +1,43 @@
+"""Learning-rate transfer across width: µP vs standard parametrization (Noci et al. 2024).
+
+Command (2-core CPU):
+  python -m experiments.run --config=experiments/configs/lr_transfer.py:quick \
+      --workdir=runs/lr_transfer_quick
+  python -m experiments.run --config=experiments/configs/lr_transfer.py --workdir=runs/lr_transfer
+
+Setup: ReLU MLPs with `model.depth` hidden layers of equal width on MNIST-1D,
+Adam (β = 0.9, 0.999) with a constant learning rate on a grid of powers of 2,
+mini-batches of 128, same initialization and batches for every learning rate.
+µP per Tensor Programs V, Table 3, with Adam's per-layer learning-rate factors
+(experiments/lr_transfer.py); SP = He init and one global learning rate. The
+optimum is the grid point with the lowest final training loss; the sharpness
+runs use, per parametrization, the learning rate tuned at the narrowest width.
+
+Expected (quick, measured, seed 0): see the README study table / the final
+numbers below.
+  full (widths 64-1024, 16×, 2,000 steps, with ntk): not measured yet.
+"""
+from experiments.configs import common
+
+
+def get_config(arg=None):
+  opts = common.parse_arg(arg, quick=False)
+  c = common.base_config("lr_transfer", quick=opts.quick)
+  c.data = dict(num_samples=5000, num_train=4000, data_seed=42)
+  c.model = dict(depth=3, activation="relu")
+  c.widths = (64, 128, 256, 512, 1024)
+  c.parametrizations = ("standard", "ntk", "mup")
+  c.optimizer = "adam"
+  c.loss = "cross_entropy"
+  c.lr_grid = dict(log2_learning_rates=tuple(range(-16, -3)))
+  c.train = dict(num_steps=2000, batch_size=128)
+  c.sharpness = dict(every_steps=100, lanczos_iters=20, num_examples=1000)
+  if opts.quick:
+    c.widths = (32, 64, 128, 256)
+    c.parametrizations = ("standard", "mup")
+    c.lr_grid.log2_learning_rates = tuple(range(-14, -3))
+    c.train.num_steps = 500
+    c.sharpness.every_steps = 50
+    c.sharpness.lanczos_iters = 15
+    c.sharpness.num_examples = 500
+  return c

@@ -1,0 +1,79 @@
+"""lr_transfer study: a tiny end-to-end run, config errors, and the quick-scale effect (`-m repro`)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import lr_transfer, run
+from jaxlab import models
+
+CFG = "experiments/configs/lr_transfer.py"
+TINY = {"widths": (8, 16), "parametrizations": ("mup",), "data.num_samples": 300,
+        "data.num_train": 200, "model.depth": 2, "lr_grid.log2_learning_rates": (-8, -6, -4),
+        "train.num_steps": 20, "train.batch_size": 32, "sharpness.every_steps": 10,
+        "sharpness.lanczos_iters": 6, "sharpness.num_examples": 64}
+
+
+def test_lr_transfer_tiny_run(tmp_path):
+  wd = str(tmp_path)
+  summary = run.run(CFG + ":quick", wd, overrides=TINY)
+  for f in ("summary.json", "plots/loss_vs_lr.png", "plots/sharpness.png",
+            "mup_width_8/metrics.jsonl", "mup_width_16/metrics.jsonl"):
+    assert os.path.exists(os.path.join(wd, f)), f
+  with open(os.path.join(wd, "summary.json")) as fh:
+    assert json.load(fh)["optimum_shift"] == summary["optimum_shift"]
+  arm = summary["parametrizations"]["mup"]
+  assert np.asarray(arm["final_loss"]).shape == (2, 3)
+  assert arm["optimum_shift_grid_steps"] == max(arm["optimal_index"]) - min(arm["optimal_index"])
+  for i, j in enumerate(arm["optimal_index"]):  # the optimum is the grid argmin
+    assert arm["final_loss"][i][j] == min(arm["final_loss"][i])
+  assert arm["sharpness_learning_rate"] == 2.0 ** -8 * 4 ** arm["optimal_index"][0]
+  for w in ("8", "16"):
+    assert arm["sharpness"][w]["steps"] == [0, 10, 20]
+    assert all(lam > 0 for lam in arm["sharpness"][w]["sharpness"])
+
+
+def test_adam_mup_lr_multipliers_follow_tensor_programs_v():
+  # Table 3 (Adam) with the MLP's multipliers: relative to the base width n0,
+  # input kernel and √n-biases (n0/n)^½, hidden kernel n0/n, readout kernel (n0/n)^½.
+  params = models.mlp(4, (32, 32), 3, parametrization="mup").init(jax.random.key(0))
+  s = lr_transfer.lr_multipliers(params, "mup", "adam", 32, 8)
+  got = {f"{layer}/{leaf}": float(v) for layer, leaves in s.items() for leaf, v in leaves.items()}
+  assert got == pytest.approx({"dense_0/kernel": 0.5, "dense_0/bias": 0.5, "dense_1/kernel": 0.25,
+                               "dense_1/bias": 0.5, "readout/kernel": 0.5, "readout/bias": 1.0})
+  for p, opt in (("mup", "sgd"), ("standard", "adam"), ("ntk", "adam")):
+    ones = lr_transfer.lr_multipliers(params, p, opt, 32, 8)
+    assert all(float(v) == 1.0 for v in jax.tree.leaves(ones)), (p, opt)
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"widths": (64, 32)}, "widths"),
+    ({"parametrizations": ("sp",)}, "parametrizations"),
+    ({"optimizer": "lion"}, "optimizer"),
+    ({"lr_grid.log2_learning_rates": (-3,)}, "lr_grid.log2_learning_rates"),
+    ({"sharpness.every_steps": 7}, "sharpness.every_steps"),
+])
+def test_lr_transfer_bad_config(tmp_path, override, key):
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    run.run(CFG + ":quick", str(tmp_path), overrides=override)
+
+
+def test_lr_transfer_unknown_key(tmp_path):
+  with pytest.raises(ValueError, match="unknown config key 'train.lr'"):
+    run.run(CFG + ":quick", str(tmp_path), overrides={"train.lr": 0.1})
+
+
+@pytest.mark.repro
+def test_lr_transfer_quick_repro(tmp_path):
+  summary = run.run(CFG + ":quick", str(tmp_path))
+  shift = summary["optimum_shift"]
+  # Noci et al. / Tensor Programs V: µP's optimum stays within one grid step
+  # (factor 2) over 8× in width, SP's drifts (Adam: ∝ 1/n, one step per doubling).
+  assert shift["mup"] <= 1, summary["parametrizations"]["mup"]["optimal_index"]
+  assert shift["standard"] >= 2, summary["parametrizations"]["standard"]["optimal_index"]
+  for p, arm in summary["parametrizations"].items():
+    # The optimum trains: its loss is far below the loss at initialization.
+    for first, best in zip(arm["initial_loss"], arm["optimal_loss"], strict=True):
+      assert best < 0.5 * first, (p, first, best)

@@ -33,12 +33,14 @@ def get_config(arg=None):
 
   c.data = dict(num_samples=5000, data_seed=42)
   c.model = dict(hidden_sizes=(256, 256))
-  c.optimizer = dict(name="adam", learning_rate=1e-3)
+  c.optimizer = dict(name="adam", learning_rate=1e-2)
   c.arms = ("baseline", "nap", "nap_schedule")
   c.schedule = dict(power=1.0, per_group=False)
+  c.num_seeds = 5
   c.train = dict(num_steps=6000, batch_size=128, log_every_steps=100, eval_every_steps=100,
                  checkpoint_every_steps=1000, progress=False)
   if opts.quick:
+    c.num_seeds = 3
     c.train.num_steps = 2000
     c.train.checkpoint_every_steps = 0
   return c

@@ -6,13 +6,24 @@ for SGD; p = 1 for Adam, whose update size does not shrink with the 1/‖θ‖ o
 the gradient). Under NaP the norm stays at ρ = ‖θ_0‖, so the same directional
 dynamics need
 
-    η_t^NaP = η_t · (ρ / ‖θ_t‖)^p                          (Lyle et al. 2024, arXiv:2407.01800)
+    η_t^NaP = η_t · (ρ / ‖θ_t‖)^p
 
-The paper finds that one global schedule built this way comes close to the
-unconstrained run, and that matching it exactly needs the per-layer version.
-`implicit_schedule` builds the global one from norms logged by `norms_hook`
-(several groups are combined by the geometric mean of their ratios), and
-`scale_by_implicit_schedule` the per-layer one as a transformation.
+This is the paper's point that NaP makes the learning-rate schedule explicit
+(Lyle et al. 2024, arXiv:2407.01800: under normalization, norm growth is an
+implicit decay of η/‖θ‖²; NaP removes it, so a schedule must do that work).
+The formula is derived here from the scale invariance, not copied from the
+paper's text, which this project could not read (see
+`jaxlab.nap.projection`). Under SGD and per-group factors with p = 2 the
+replay is exact: a projected step with η·ρ²/‖θ_t‖² lands on ρ·θ_{t+1}/‖θ_{t+1}‖
+(tests/nap/diagnostics_test.py checks it). Under Adam (p = 1) it is exact up
+to the history in Adam's moments and its ε.
+
+`implicit_schedule` builds one global schedule from norms logged by
+`norms_hook` (several groups are combined by the geometric mean of their
+ratios; it also scales the free leaves — readout, LayerNorm scale/offset —
+which the unconstrained run trained at η_t), and `scale_by_implicit_schedule`
+the per-group version, which leaves the free leaves at η_t as the
+unconstrained run had them.
 """
 from __future__ import annotations
 

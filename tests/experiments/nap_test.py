@@ -15,7 +15,8 @@ TINY_PLAST = {"data.num_train": 200, "tasks.num_tasks": 2, "tasks.steps_per_task
               "arms": ("plain", "nap", "wd"), "long_horizon.arms": ("norm",),
               "long_horizon.num_tasks": 2}
 TINY_STAT = {"data.num_samples": 600, "model.hidden_sizes": (16, 16), "train.num_steps": 30,
-             "train.batch_size": 32, "train.log_every_steps": 10, "train.eval_every_steps": 10}
+             "train.batch_size": 32, "train.log_every_steps": 10, "train.eval_every_steps": 10,
+             "num_seeds": 2, "optimizer.learning_rate": 1e-3}
 
 
 def test_plasticity_tiny_end_to_end(tmp_path):
@@ -38,17 +39,24 @@ def test_stationary_tiny_end_to_end(tmp_path):
   s = run.run(f"{STAT}:quick", str(tmp_path), TINY_STAT)
   assert set(s["arms"]) == {"baseline", "nap", "nap_schedule"}
   assert s["projected_groups"] == ["dense_0", "dense_1"]
-  assert "nap_schedule_minus_baseline_test_points" in s
+  assert s["seeds"] == [0, 1]
+  # Seed-averaged accuracies and paired differences.
+  for a in s["arms"].values():
+    assert a["test_accuracy"] == pytest.approx(np.mean(a["test_accuracy_per_seed"]))
+  diff = s["nap_schedule_minus_baseline_test_points_per_seed"]
+  assert s["nap_schedule_minus_baseline_test_points"] == pytest.approx(np.mean(diff))
   assert os.path.exists(tmp_path / "plots" / "stationary.png")
   # The explicit schedule is the baseline's implicit decay, η·(ρ/‖θ_t‖)^p (geometric mean
-  # over the projected groups), at every logged step.
-  base = {r["step"]: r for r in io.read_jsonl(str(tmp_path / "baseline" / "metrics.jsonl"))}
-  rows = [r for r in io.read_jsonl(str(tmp_path / "nap_schedule" / "metrics.jsonl")) if "lr" in r]
-  assert rows
-  for r in rows:
-    ratio = np.prod([s["init_norms"][g] / base[r["step"]][f"norm/{g}"]
-                     for g in s["projected_groups"]]) ** (1 / 2)
-    assert r["lr"] == pytest.approx(1e-3 * ratio, rel=1e-5)
+  # over the projected groups, p = 1 for Adam), at every logged step, for each seed.
+  for seed, init in zip(s["seeds"], s["init_norms_per_seed"], strict=True):
+    sub = tmp_path / f"seed_{seed}"
+    base = {r["step"]: r for r in io.read_jsonl(str(sub / "baseline" / "metrics.jsonl"))}
+    rows = [r for r in io.read_jsonl(str(sub / "nap_schedule" / "metrics.jsonl")) if "lr" in r]
+    assert rows
+    for r in rows:
+      ratio = np.prod([init[g] / base[r["step"]][f"norm/{g}"]
+                       for g in s["projected_groups"]]) ** (1 / 2)
+      assert r["lr"] == pytest.approx(1e-3 * ratio, rel=1e-5)
 
 
 @pytest.mark.parametrize("spec, overrides, match", [
@@ -59,6 +67,7 @@ def test_stationary_tiny_end_to_end(tmp_path):
     (PLAST, {"optimizer.name": "adamm"}, r"'optimizer.name': 'adamm'"),
     (STAT, {"arms": ()}, r"'arms': \(\); allowed: a non-empty tuple"),
     (STAT, {"schedule.power": 0.0}, r"'schedule.power': 0.0"),
+    (STAT, {"num_seeds": 0}, r"'num_seeds': 0"),
 ])
 def test_bad_config_raises_before_compile(tmp_path, compiles, spec, overrides, match):
   with pytest.raises(ValueError, match=match):
@@ -70,24 +79,36 @@ def test_bad_config_raises_before_compile(tmp_path, compiles, spec, overrides, m
 def test_plasticity_quick_repro(tmp_path):
   s = run.run(f"{PLAST}:quick", str(tmp_path))
   a, c = s["arms"], s["checks"]
-  # The plain MLP loses plasticity: its last tasks ≥ 10 points below its first.
-  assert c["plain_drop_points"] >= 10
-  assert 100 * (a["plain"]["first_task_accuracy"] - a["plain"]["mean_last3_accuracy"]) >= 10
-  # NaP keeps it: every task within 3 points of the first.
-  first = a["nap"]["first_task_accuracy"]
-  assert max(abs(x - first) for x in a["nap"]["end_of_task_train_accuracy"]) <= 0.03
-  # NaP's effective LR is constant (5%); the plain network's decays.
+  # The plain MLP loses plasticity: each of its last three tasks ends ≥ 10 points below its first.
+  plain = a["plain"]["end_of_task_train_accuracy"]
+  assert all(100 * (plain[0] - x) >= 10 for x in plain[-3:]), plain
+  # NaP keeps it: every task ends within 3 points of its first.
+  nap = a["nap"]["end_of_task_train_accuracy"]
+  assert all(abs(100 * (x - nap[0])) <= 3 for x in nap), nap
+  # NaP's effective LR η/‖θ_l‖² of the projected layers is constant to 5% at every logged
+  # step; the plain network's decays (to < 0.8 of its initial value, and task over task).
   assert c["nap_elr_max_rel_change"] <= 0.05
   assert c["plain_elr_ratio_final"] < 0.8
-  # Normalization alone: norms grow and the effective LR decays, unlike NaP.
+  assert a["plain"]["elr_ratio_end_of_task"][-1] < a["plain"]["elr_ratio_end_of_task"][0]
+  # Normalization alone keeps plasticity at this horizon, but its norms grow and its effective
+  # LR decays, unlike NaP's.
   assert c["norm_norm_growth"] > 1.1 and c["norm_elr_ratio_final"] < 0.9
-  assert a["nap"]["hidden_norm_growth"]["dense_1"] == pytest.approx(1.0, abs=1e-5)
-  # Long horizon (10× LR): the normalized-only network's effective LR decays further.
-  assert s["long_horizon"]["norm"]["elr_ratio_final"] < c["norm_elr_ratio_final"]
+  for g, growth in a["nap"]["hidden_norm_growth"].items():
+    assert growth == pytest.approx(1.0, abs=1e-5), g
+  # Long horizon (10× LR): the normalized-only network's effective LR decays much further and
+  # it pays for it in speed: the last three tasks need ≥ 1.5× the steps to 90% of the first.
+  long = s["long_horizon"]["norm"]
+  assert long["elr_ratio_final"] < 0.5 * c["norm_elr_ratio_final"]
+  assert c["long_norm_steps_to_90_last3"] >= 1.5 * c["long_norm_steps_to_90_first3"]
 
 
 @pytest.mark.repro
 def test_stationary_quick_repro(tmp_path):
+  # Adam at 1e-2: the baseline's hidden norms grow ×1.5 / ×2.4, so its implicit decay is real.
+  # One seed's test accuracy moves by ~1.5 points from seed to seed (1,000 test inputs), so the
+  # 1-point criterion is asserted on the mean over the quick config's 3 paired seeds.
   s = run.run(f"{STAT}:quick", str(tmp_path))
+  assert len(s["seeds"]) == 3
   assert abs(s["nap_schedule_minus_baseline_test_points"]) <= 1.0
-  assert s["arms"]["baseline"]["test_accuracy"] > 0.55  # the MLP learned MNIST-1D
+  assert min(s["baseline_norm_growth"].values()) > 1.2  # the decay the schedule replays
+  assert s["arms"]["baseline"]["test_accuracy"] > 0.65  # the MLP learned MNIST-1D

@@ -49,7 +49,7 @@ def _ints(key, value, lo=1, hi=None):
 def validate(config) -> None:
   for key in ("data.num_samples", "data.num_train", "pretrain.learning_rate",
               "pretrain.batch_size", "pretrain.num_steps", "sharpness.draws",
-              "sharpness.lanczos_iters", "sharpness.full_batch_size", "sharpness.grad_draws",
+              "sharpness.lanczos_iters", "sharpness.grad_draws",
               "stability.num_steps", "stability.eval_every_steps", "stability.points_per_octave",
               "adam.eps"):
     checks.positive(config, key)
@@ -68,13 +68,8 @@ def validate(config) -> None:
   if len(set(config.stability.batch_sizes)) < 2:
     raise ValueError(f"config key 'stability.batch_sizes': {tuple(config.stability.batch_sizes)!r};"
                      " allowed: at least 2 distinct sizes (an exponent needs two points)")
-  missing = set(config.stability.batch_sizes) - set(config.sharpness.batch_sizes) - {n}
-  if missing:
-    raise ValueError(f"config key 'stability.batch_sizes': {sorted(missing)} not measured; "
-                     "allowed: sizes in sharpness.batch_sizes (predictions come from them)")
-  if config.pretrain.batch_size > n or config.sharpness.full_batch_size > n:
-    raise ValueError(f"config keys 'pretrain.batch_size'/'sharpness.full_batch_size': "
-                     f"{config.pretrain.batch_size}/{config.sharpness.full_batch_size}; "
+  if config.pretrain.batch_size > n:
+    raise ValueError(f"config key 'pretrain.batch_size': {config.pretrain.batch_size}; "
                      f"allowed: at most data.num_train ({n})")
   if config.stability.num_steps % config.stability.eval_every_steps:
     raise ValueError(f"config key 'stability.num_steps': {config.stability.num_steps}; allowed: "

@@ -51,7 +51,7 @@ def get_config(arg=None):
   c.model = dict(hidden_sizes=(128, 128), activation="relu")
   c.pretrain = dict(learning_rate=0.05, batch_size=64, num_steps=2000)
   c.sharpness = dict(batch_sizes=(2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), draws=8,
-                     grad_draws=32, lanczos_iters=30, full_batch_size=500)
+                     grad_draws=32, lanczos_iters=30)
   c.adam = dict(b1=0.9, b2=0.999, eps=1e-8)
   c.stability = dict(batch_sizes=(2, 4, 8, 16, 32, 64), num_steps=400, eval_every_steps=20,
                      points_per_octave=4, lr_range_sgd=(1e-3, 20.0), lr_range_adam=(1e-5, 0.3),
@@ -67,7 +67,6 @@ def get_config(arg=None):
     c.sharpness.draws = 4
     c.sharpness.grad_draws = 16
     c.sharpness.lanczos_iters = 20
-    c.sharpness.full_batch_size = 250
     c.stability.batch_sizes = (2, 4, 8, 16, 32)
     c.stability.num_steps = 200
     c.stability.points_per_octave = 3

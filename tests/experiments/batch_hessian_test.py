@@ -11,7 +11,7 @@ CFG = "experiments/configs/batch_hessian.py"
 TINY = {"data.num_samples": 200, "data.num_train": 128, "model.hidden_sizes": (8,),
         "pretrain.num_steps": 20, "pretrain.batch_size": 16,
         "sharpness.batch_sizes": (4, 16, 64), "sharpness.draws": 2, "sharpness.grad_draws": 2,
-        "sharpness.lanczos_iters": 6, "sharpness.full_batch_size": 64,
+        "sharpness.lanczos_iters": 6,
         "stability.batch_sizes": (4, 16), "stability.num_steps": 20,
         "stability.eval_every_steps": 10, "stability.points_per_octave": 1,
         "stability.adam_warmup_steps": 5, "onthefly.every_steps": 10,
@@ -42,7 +42,7 @@ def test_batch_hessian_tiny_run(tmp_path):
 
 @pytest.mark.parametrize("override,key", [
     ({"sharpness.batch_sizes": (0, 4)}, "sharpness.batch_sizes"),
-    ({"stability.batch_sizes": (4, 3)}, "stability.batch_sizes"),
+    ({"stability.batch_sizes": (4, 4)}, "stability.batch_sizes"),
     ({"stability.lr_range_sgd": (1.0, 0.1)}, "stability.lr_range_sgd"),
     ({"stability.num_steps": 25}, "stability.num_steps"),
     ({"onthefly.fraction": 2.0}, "onthefly.fraction"),

@@ -20,11 +20,16 @@ Programs V into multipliers for SGD, so SGD uses one global learning rate. Adam
 has the other abc-symmetry, so its µP needs per-layer learning-rate factors
 (`lr_multipliers`), relative to the narrowest width: input weights, hidden
 biases and readout weights × (n₀/n)^½, hidden weights × n₀/n, readout bias × 1.
-SP and NTK use one global learning rate (their definition). The sharpness is
-that of the loss in the coordinates where the global learning rate applies,
-φ = θ/√s (s the per-leaf factors): ``λ_max(S^½ ∇²L S^½)``, the plain Hessian
-whenever s = 1 (SP, NTK, SGD). With Adam this is not the preconditioned
-("adaptive") sharpness of Cohen et al. 2022.
+SP and NTK use one global learning rate (their definition).
+
+Sharpness: the largest eigenvalue of the Hessian of the training loss in the
+coordinates where one global learning rate η applies, ``λ_max(D^½ ∇²L D^½)``
+with D = diag(s) for SGD (the plain Hessian when s = 1: SP, NTK, µP-SGD), and
+for Adam the preconditioned ("adaptive") sharpness of Cohen et al. 2022
+(arXiv:2207.14484, §2), D = diag(s / ((1 − β₁ᵗ)(√v̂_t + ε))), whose stability
+threshold is (2 + 2β₁)/((1 − β₁)η) = 38/η instead of SGD's 2/η. Noci et al.
+track λ_max of the training-loss Hessian during training (their Fig. 1) and,
+for Adam-trained models, the preconditioned Hessian (our reading of the paper).
 """
 from __future__ import annotations
 
@@ -162,31 +167,64 @@ def lr_grid_losses(run, loss, params, base, lrs, idx, x, y) -> tuple[np.ndarray,
   return np.asarray(final, np.float64), float(curves[0, 0])
 
 
+@jax.jit
+def preconditioner(opt_state, scales: dict, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8) -> dict:
+  """D of the module docstring: s for SGD; s/((1 − β₁ᵗ)(√v̂ + ε)) from an Adam state."""
+  adam = [st for st in jax.tree.leaves(opt_state, is_leaf=lambda z: isinstance(
+      z, optax.ScaleByAdamState)) if isinstance(st, optax.ScaleByAdamState)]
+  if not adam:
+    return scales
+  count, nu = adam[0].count, adam[0].nu
+  bc1, bc2 = 1.0 - b1 ** count, 1.0 - b2 ** count
+  return jax.tree.map(lambda s, v: s / (bc1 * (jnp.sqrt(v / bc2) + eps)), scales, nu)
+
+
+def make_sharpness(loss):
+  """``sharpness(params, batch, root, key, iters)``: λ_max of v ↦ √D ⊙ H(√D ⊙ v) by Lanczos."""
+
+  def precond_hvp(params, batch, root, v):
+    u = jax.tree.map(jnp.multiply, root, v)
+    grad = jax.grad(lambda p: loss(p, batch["x"], batch["y"]))
+    hu = jax.jvp(grad, (params,), (u,))[1]
+    return jax.tree.map(jnp.multiply, root, hu)
+
+  def sharpness(params, batch, root, key, iters):
+    # One function object per model, so the fused Lanczos loop compiles once.
+    mv = jax.tree_util.Partial(precond_hvp, params, batch, root)
+    return float(spectral.top_eigenpairs(mv, params, 1, key, num_iters=iters).eigenvalues[0])
+
+  return sharpness
+
+
+@jax.jit
+def _root_and_finite(params, opt_state, scales):
+  root = jax.tree.map(jnp.sqrt, preconditioner(opt_state, scales))
+  leaves = jax.tree.leaves((params, root))
+  return root, jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in leaves]))
+
+
 def sharpness_run(run, loss, params, base, scales, lr, idx, probe_batch, every, iters, key,
                   logger) -> dict:
-  """Trains at one lr and logs λ_max(S^½ ∇²L S^½) on ``probe_batch`` every ``every`` steps."""
+  """Trains at one lr and logs λ_max(D^½ ∇²L D^½) on ``probe_batch`` every ``every`` steps."""
   chunk = jax.jit(run)
-  root = jax.tree.map(jnp.sqrt, scales)
-
-  def scaled_loss(phi, batch):  # the loss in the coordinates φ = θ/√s
-    return loss(jax.tree.map(jnp.multiply, phi, root), batch["x"], batch["y"])
-
+  sharpness = make_sharpness(loss)
   opt_state = base.init(params)
+  adam = bool(jax.tree.leaves(opt_state))  # SGD's base transform has an empty state
   steps, sharp, losses = [], [], []
-  for t in range(0, idx.shape[0] + 1, every):
+  for t in range(every if adam else 0, idx.shape[0] + 1, every):  # Adam: v̂ needs a step
     if t:
       params, opt_state, curve = chunk(params, opt_state, lr, idx[t - every:t])
       losses.append(float(np.mean(np.asarray(curve))))
-    phi = jax.tree.map(jnp.divide, params, root)
+    root, finite = _root_and_finite(params, opt_state, scales)
     lam = np.nan
-    if all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(phi)):
-      mv = spectral.hessian_vp(scaled_loss, phi, probe_batch)
-      lam = float(spectral.top_eigenpairs(mv, phi, 1, jax.random.fold_in(key, t),
-                                          num_iters=iters).eigenvalues[0])
+    if bool(finite):
+      lam = sharpness(params, probe_batch, root, jax.random.fold_in(key, t), iters)
     steps.append(t)
     sharp.append(lam)
     logger.write(t, {"sharpness": lam, **({"loss": losses[-1]} if t else {})})
-  return {"steps": steps, "sharpness": sharp, "loss": losses}
+  return {"steps": steps, "sharpness": sharp, "loss": losses,
+          "stability_threshold": float((38.0 if adam else 2.0) / lr)}
 
 
 def main(config, workdir: str) -> dict:
@@ -207,7 +245,7 @@ def main(config, workdir: str) -> dict:
   def setup(p, w):
     model = models.mlp(ds.input_dim, (w,) * config.model.depth, ds.num_classes,
                        parametrization=p, activation=config.model.activation)
-    params = model.init(key_init)
+    params = jax.jit(model.init)(key_init)
     scales = lr_multipliers(params, p, config.optimizer, w, widths[0])
     loss = make_loss(model.apply, config.loss, ds.num_classes)
     return params, scales, loss, make_trainer(loss, base, scales, x, y)
@@ -215,9 +253,9 @@ def main(config, workdir: str) -> dict:
   summary: dict = {"widths": list(widths), "log2_learning_rates": exps,
                    "learning_rates": [2.0 ** e for e in exps], "parametrizations": {}}
   for p in config.parametrizations:
-    table, initial = [], []
+    table, initial, arms = [], [], {w: setup(p, w) for w in widths}
     for w in widths:
-      params, _, loss, run = setup(p, w)
+      params, _, loss, run = arms[w]
       final, first = lr_grid_losses(run, loss, params, base, lrs, idx, x, y)
       table.append(final)
       initial.append(first)
@@ -225,7 +263,7 @@ def main(config, workdir: str) -> dict:
     j_ref = shift["indices"][0]
     sharp = {}
     for w in widths:
-      params, scales, loss, run = setup(p, w)
+      params, scales, loss, run = arms[w]
       logger = io.MetricsLogger(os.path.join(workdir, f"{p}_width_{w}"))
       logger.reset()
       sharp[w] = sharpness_run(run, loss, params, base, scales, lrs[j_ref], idx, probe_batch,
@@ -274,8 +312,9 @@ def plot(summary: dict, workdir: str) -> None:
     for i, w in enumerate(widths):
       arm = s["sharpness"][str(w)]
       ax.plot(arm["steps"], arm["sharpness"], "o-", ms=3, color=f"C{i}", label=f"width {w}")
-    ax.set(yscale="log", xlabel="step", ylabel="λ_max",
-           title=f"{p}: sharpness at η = {s['sharpness_learning_rate']:.2g}")
+    ax.axhline(arm["stability_threshold"], color="k", ls="--", lw=1)
+    ax.set(yscale="log", xlabel="step", ylabel="λ_max(D^½ H D^½)",
+           title=f"{p}: sharpness at η = {s['sharpness_learning_rate']:.2g} (dashed: threshold)")
     ax.legend(fontsize=7)
   fig.tight_layout()
   io.save_figure(fig, workdir, "sharpness")

@@ -30,9 +30,11 @@ def test_lr_transfer_tiny_run(tmp_path):
   for i, j in enumerate(arm["optimal_index"]):  # the optimum is the grid argmin
     assert arm["final_loss"][i][j] == min(arm["final_loss"][i])
   assert arm["sharpness_learning_rate"] == 2.0 ** -8 * 4 ** arm["optimal_index"][0]
-  for w in ("8", "16"):
-    assert arm["sharpness"][w]["steps"] == [0, 10, 20]
+  for w in ("8", "16"):  # Adam: the first measurement needs one step of second moments
+    assert arm["sharpness"][w]["steps"] == [10, 20]
     assert all(lam > 0 for lam in arm["sharpness"][w]["sharpness"])
+    assert arm["sharpness"][w]["stability_threshold"] == pytest.approx(
+        38.0 / arm["sharpness_learning_rate"])
 
 
 def test_adam_mup_lr_multipliers_follow_tensor_programs_v():

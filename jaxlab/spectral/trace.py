@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.spectral import operators as ops
-from jaxlab.spectral.lanczos import apply_rows, resolve_dtype
+from jaxlab.spectral.lanczos import apply_rows, as_partial, flat_apply, resolve_dtype
 
 METHODS = ("hutchinson", "hutch++")
 _HI = jax.lax.Precision.HIGHEST
@@ -25,14 +25,44 @@ class TraceEstimate(NamedTuple):
   samples: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnames=("k", "n", "dtype"))
-def _rademacher(key, k, n, dtype):
-  return jax.random.rademacher(key, (k, n), dtype)
+def _probes(key, start, size, n, dtype):
+  """Rademacher rows ``start .. start+size-1`` of a probe stream (one fold_in per block)."""
+  return jax.random.rademacher(jax.random.fold_in(key, start), (size, n), dtype)
 
 
-@jax.jit
-def _quad_forms(X, AX):
-  return jnp.sum(X * AX, axis=1)
+def _block_apply(matvec, X, spec):
+  """``A xᵢ`` for the rows of X in one program (``vmap`` of the matvec): matrix-matrix work."""
+  return jax.vmap(lambda x: flat_apply(matvec, x, spec))(X)
+
+
+def _deflate(G, Q):
+  return G - jnp.dot(jnp.dot(G, Q.T, precision=_HI), Q, precision=_HI)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "size", "dtype"))
+def _probe_rows(key, start, Q, n, size, dtype):
+  G = _probes(key, start, size, n, dtype)
+  return G if Q.shape[0] == 0 else _deflate(G, Q)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "size", "dtype"))
+def _quad_block(matvec, key, start, Q, spec, size, dtype):
+  """``gᵢᵀ P A P gᵢ`` for a block of probes, ``P = I − QQᵀ`` (identity when Q has no rows)."""
+  G = _probe_rows(key, start, Q, spec.size, size, dtype)
+  return jnp.sum(G * _block_apply(matvec, G, spec), axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "size", "dtype"))
+def _sketch_block(matvec, key, start, spec, size, dtype):
+  """``A S`` for a block of Rademacher columns of the sketch S (as rows)."""
+  return _block_apply(matvec, _probes(key, start, size, spec.size, dtype), spec)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "size"))
+def _quad_rows(matvec, X, start, spec, size):
+  """``xᵢᵀ A xᵢ`` for rows ``start .. start+size-1`` of X."""
+  Xb = jax.lax.dynamic_slice_in_dim(X, start, size, axis=0)
+  return jnp.sum(Xb * _block_apply(matvec, Xb, spec), axis=1)
 
 
 @jax.jit
@@ -40,13 +70,55 @@ def _orth(AS):
   return jnp.linalg.qr(AS.T)[0].T  # (k, n) orthonormal rows spanning range(A S)
 
 
-@jax.jit
-def _deflate(G, Q):
-  return G - jnp.dot(jnp.dot(G, Q.T, precision=_HI), Q, precision=_HI)
+def _blocks(count: int, block: int):
+  """(start, size) of consecutive blocks covering ``count`` rows; the last may be short."""
+  return [(s, min(block, count - s)) for s in range(0, count, block)]
+
+
+class _Runner:
+  """Blocked products for one operator: one jitted vmapped program per block size, or
+  (for a data-set operator, driven from Python) one host-loop matvec per row."""
+
+  def __init__(self, matvec, spec, dtype, block):
+    self.host = bool(getattr(matvec, "host_loop", False))
+    self.mv = matvec if self.host else as_partial(matvec)
+    self.spec, self.dt, self.block = spec, np.dtype(dtype), block
+    self.none = jnp.zeros((0, spec.size), dtype)
+
+  def quad(self, key, count, Q=None):
+    Q = self.none if Q is None else Q
+    out = []
+    for s, b in _blocks(count, self.block):
+      if self.host:
+        G = _probe_rows(key, s, Q, self.spec.size, b, self.dt)
+        out.append(jnp.sum(G * apply_rows(self.mv, G, self.spec), axis=1))
+      else:
+        out.append(_quad_block(self.mv, key, s, Q, self.spec, b, self.dt))
+    return np.asarray(jnp.concatenate(out), np.float64)
+
+  def sketch(self, key, count):
+    out = []
+    for s, b in _blocks(count, self.block):
+      if self.host:
+        S = _probe_rows(key, s, self.none, self.spec.size, b, self.dt)
+        out.append(apply_rows(self.mv, S, self.spec))
+      else:
+        out.append(_sketch_block(self.mv, key, s, self.spec, b, self.dt))
+    return jnp.concatenate(out)
+
+  def quad_rows(self, X):
+    out = []
+    for s, b in _blocks(X.shape[0], self.block):
+      if self.host:
+        Xb = X[s:s + b]
+        out.append(jnp.sum(Xb * apply_rows(self.mv, Xb, self.spec), axis=1))
+      else:
+        out.append(_quad_rows(self.mv, X, s, self.spec, b))
+    return np.asarray(jnp.concatenate(out), np.float64)
 
 
 def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
-          method: str = "hutch++", dtype: Any = None) -> TraceEstimate:
+          method: str = "hutch++", dtype: Any = None, block_size: int = 1) -> TraceEstimate:
   """Trace of a symmetric operator from ``num_samples`` matvecs, with a standard error.
 
   Math:
@@ -61,6 +133,12 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
     standard error of Hutch++ is that of the deflated Hutchinson term,
     conditional on Q (the first term is then exact).
 
+    Probes are drawn inside the jitted product from ``fold_in(key, row)`` and
+    applied ``block_size`` at a time (a ``vmap`` of the matvec), so nothing
+    recompiles when ``num_samples`` changes (except the QR of Hutch++'s sketch).
+    One probe per call is the default: on CPU a vmapped block of 16 HVPs measured
+    ~25% slower per probe than 16 single HVPs (the batched dots run slower).
+
   Args:
     matvec: symmetric linear map ``pytree -> pytree`` (e.g. :func:`hessian_vp`).
     params_like: pytree shaped like the matvec's input.
@@ -68,12 +146,16 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
     key: PRNG key.
     method: ``"hutch++"`` (default) or ``"hutchinson"``.
     dtype: working dtype of the probe vectors (``jnp.float64`` in an x64 scope).
+    block_size: probes per jitted call (default 1); a block holds ``block_size``
+      copies of the matvec's intermediates, and a short last block compiles once
+      more. Larger blocks can pay off on accelerators.
 
   Returns:
     :class:`TraceEstimate` ``(estimate, stderr, num_matvecs, samples)``.
 
   Raises:
-    ValueError: unknown ``method`` or ``num_samples`` out of range.
+    ValueError: unknown ``method``, ``num_samples`` out of range, or ``block_size`` not
+      a positive int.
 
   Example:
     >>> est = trace(hessian_vp(loss_fn, params, batch), params, 60, jax.random.key(0))
@@ -96,20 +178,19 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
   dt = resolve_dtype(params_like, dtype)
   if method == "hutch++" and m // 3 > n:
     raise ValueError(f"num_samples is {m}; hutch++ needs num_samples // 3 <= dimension ({n}).")
+  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+    raise ValueError(f"block_size is {block_size!r}; allowed: an int >= 1.")
   with ops.x64_scope(dt):
+    run = _Runner(matvec, spec, dt, int(block_size))
     if method == "hutchinson":
-      Z = _rademacher(key, m, n, dt)
-      s = np.asarray(_quad_forms(Z, apply_rows(matvec, Z, spec)), np.float64)
+      s = run.quad(key, m)
       base = 0.0
     else:
       k = m // 3
-      g = m - 2 * k
       k_s, k_g = jax.random.split(key)
-      S = _rademacher(k_s, k, n, dt)
-      Q = _orth(apply_rows(matvec, S, spec))
-      base = float(np.sum(np.asarray(_quad_forms(Q, apply_rows(matvec, Q, spec)), np.float64)))
-      PG = _deflate(_rademacher(k_g, g, n, dt), Q)
-      s = np.asarray(_quad_forms(PG, apply_rows(matvec, PG, spec)), np.float64)
+      Q = _orth(run.sketch(k_s, k))
+      base = float(np.sum(run.quad_rows(Q)))
+      s = run.quad(k_g, m - 2 * k, Q)
   est = base + float(np.mean(s))
   se = float(np.std(s, ddof=1) / np.sqrt(s.size)) if s.size > 1 else float("nan")
   return TraceEstimate(est, se, m, s)

@@ -63,7 +63,9 @@ def test_hutchpp_beats_hutchinson_on_outlier_spectrum_and_stderr_is_calibrated()
   rms = {m: float(np.sqrt(np.mean(np.square(e)))) for m, e in errs.items()}
   print("rms error at 60 matvecs", rms, "trace", exact)
   # 20 outliers are captured by Q (k = 20 columns): the remaining variance is the bulk's.
-  assert rms["hutch++"] < rms["hutchinson"] / 5
+  # Expected ratio ~6.4 (a NumPy Hutch++ over 300 seeds: RMS 7.0 vs Hutchinson's ~45); an
+  # RMS over 20 seeds fluctuates by ~20%, and plain Hutchinson would give a ratio ~1.
+  assert rms["hutch++"] < rms["hutchinson"] / 4
   for m, z in zs.items():
     # a calibrated standard error puts ~99.7% of |z| under 3; allow 2 of 20 outside
     assert np.mean(np.abs(z) <= 3) >= 0.9, (m, z)

@@ -17,7 +17,7 @@ can read them.
 `normalize="nap"` keeps GPT-2's LayerNorms and adds one on the MLP's hidden
 pre-activation, before the GELU (`ln_mlp`): normalization before every
 nonlinearity of the MLP block, as Normalize-and-Project prescribes (Lyle et al.
-2024, arXiv:2407.01800, Sec. 4). The attention softmax keeps its unnormalized
+2024, arXiv:2407.01800, its "normalize" step). The attention softmax keeps its unnormalized
 q·k logits (our reading: the MLP's GELU is the block's elementwise
 nonlinearity). With it, `fc` feeds a normalization (scale-invariant on its
 own) and everything writing into the residual stream (read-in, positional

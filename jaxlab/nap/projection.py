@@ -62,7 +62,7 @@ Leaves are chosen by a label pytree (or a function of the params that returns
 one) with the structure of the params: a string names a group, projected
 jointly (the Frobenius norm of the concatenation); True projects the leaf on
 its own; False/None leaves it untouched. `nap_mask(params)` builds the labels
-for `jaxlab.models.mlp(..., normalize=True)`.
+for `jaxlab.models.mlp(..., normalize=True)` and `ICLTransformer(normalize="nap")`.
 """
 from __future__ import annotations
 
@@ -131,14 +131,15 @@ def nap_project(labels: Labels | None = None) -> optax.GradientTransformation:
 
       θ_g' = ρ_g · (θ_g + u_g) / ‖θ_g + u_g‖,   ρ_g = ‖θ_g‖ at `init`
 
-  (Lyle et al. 2024, NaP weight projection W_l ← ρ_l W_l / ‖W_l‖), and
+  (Lyle et al. 2024, NaP's projection step onto the initial-norm sphere), and
   the returned updates are θ' − θ, so `optax.apply_updates` lands on the
   sphere; leaves in no group pass through unchanged.
 
   Args:
     labels: pytree shaped like the params with leaves str (joint group name),
       True (project alone), False/None (untouched), or a function
-      `params -> such pytree`. None: `nap_mask` (jaxlab MLPs).
+      `params -> such pytree`. None: `nap_mask` (jaxlab MLPs with
+      normalize=True, ICLTransformer with normalize="nap").
 
   Returns:
     An `optax.GradientTransformation` whose `update` requires `params`; its

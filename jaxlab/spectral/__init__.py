@@ -4,6 +4,13 @@ Note: the public functions ``lanczos`` and ``trace`` shadow their submodules as
 attributes of this package; import helpers as ``from jaxlab.spectral.lanczos import ...``.
 """
 
+from jaxlab.spectral.batch_lr import (
+    batch_sharpness,
+    fit_batch_sharpness,
+    max_stable_lr_adam,
+    max_stable_lr_sgd,
+    slq_lr_hook,
+)
 from jaxlab.spectral.callbacks import SharpnessHook, sharpness_callback
 from jaxlab.spectral.density import (
     SpectralDensity,
@@ -34,4 +41,9 @@ __all__ = [
     "top_eigenpairs",
     "trace",
     "tridiagonal",
+    "batch_sharpness",
+    "fit_batch_sharpness",
+    "max_stable_lr_adam",
+    "max_stable_lr_sgd",
+    "slq_lr_hook",
 ]

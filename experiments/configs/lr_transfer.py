@@ -13,8 +13,19 @@ mini-batches of 128, same initialization and batches for every learning rate.
 optimum is the grid point with the lowest final training loss; the sharpness
 runs use, per parametrization, the learning rate tuned at the narrowest width.
 
-Expected (quick, measured, seed 0): see the README study table / the final
-numbers below.
+Expected (measured, seed 0). quick: depth 3, widths 32/64/128/256 (8×), 500
+Adam steps, η = 2^-14 … 2^-4; 9 min 44 s wall on a 2-core machine shared with
+other jobs (load average 12-14; 7 min 16 s in an earlier run at lower load):
+  optimal log2 η per width — µP: -6 / -6 / -6 / -6 (shift 0 grid steps);
+  SP: -7 / -7 / -8 / -9 (shift 2; ∝ 1/width from 64 on, as Adam-SP theory says).
+  Best final train loss (from ≈ 2.3 at init): µP 0.81 / 0.37 / 0.17 / 0.036,
+  SP 0.70 / 0.29 / 0.048 / 0.012. Margins are thin at the narrowest width: µP
+  at 32 has 0.814 (2^-6) vs 0.824 (2^-7), SP 0.702 (2^-7) vs 0.711 (2^-6); an
+  earlier run differing only in init round-off gave µP -7/-6/-6/-6 (shift 1).
+  Adaptive sharpness (median over the last half) at the η tuned at width 32:
+  µP (η = 2^-6) 232 / 325 / 302 / 361 (×1.56 over 8×, noisy, no trend after
+  64), SP (η = 2^-7) 361 / 488 / 757 / 929 (×2.57, rising with width); all
+  far below Adam's threshold 38/η (2,432 and 4,864).
   full (widths 64-1024, 16×, 2,000 steps, with ntk): not measured yet.
 """
 from experiments.configs import common

@@ -15,7 +15,7 @@ runs use, per parametrization, the learning rate tuned at the narrowest width.
 
 Expected (measured, seed 0). quick: depth 3, widths 32/64/128/256 (8×), 500
 Adam steps, η = 2^-14 … 2^-4; 9 min 44 s wall on a 2-core machine shared with
-other jobs (load average 12-14; 7 min 16 s in an earlier run at lower load):
+other jobs (load average 12-14); 4 min 44 s as the repro test at lighter load:
   optimal log2 η per width — µP: -6 / -6 / -6 / -6 (shift 0 grid steps);
   SP: -7 / -7 / -8 / -9 (shift 2; ∝ 1/width from 64 on, as Adam-SP theory says).
   Best final train loss (from ≈ 2.3 at init): µP 0.81 / 0.37 / 0.17 / 0.036,

@@ -26,6 +26,8 @@ other jobs (load average 12-14); 4 min 44 s as the repro test at lighter load:
   µP (η = 2^-6) 232 / 325 / 302 / 361 (×1.56 over 8×, noisy, no trend after
   64), SP (η = 2^-7) 361 / 488 / 757 / 929 (×2.57, rising with width); all
   far below Adam's threshold 38/η (2,432 and 4,864).
+  seed 1 (4 min 6 s): µP -7 / -6 / -6 / -6 (shift 1), SP -6 / -7 / -8 / -9
+  (shift 3); sharpness µP 410 → 515 (×1.26), SP 202 → 420 (×2.08).
   full (widths 64-1024, 16×, 2,000 steps, with ntk): not measured yet.
 """
 from experiments.configs import common

@@ -35,9 +35,9 @@ trained noiseless model for 750 steps each (`arms_init = "noiseless"`; the full
 config trains every arm from scratch).
 
 Runtime and expected results:
-  quick, 2-core CPU: 6,000 steps in all (~12.5 steps/s idle, ~8 min) plus
-    evaluation; measured 14.6 CPU-minutes (32 min wall on a machine at load
-    8-15). Measured (seed 0):
+  quick, 2-core CPU: 6,000 steps in all plus evaluation; measured 9 min 40 s
+    on the idle machine (~11.8 steps/s), 32 min on one at load 8-15, with the
+    same results. Measured (seed 0):
     noiseless: max error / d over n >= d + 1 = 6 examples 0.053 (bar 0.1), >= 17.8x
       below averaging; closer to least squares than to 3-NN at every n; layer ->
       Newton iterations 0, 0, 2, 7, 11, 13, 13 (Spearman 0.99); layer -> GD steps

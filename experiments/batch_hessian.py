@@ -57,10 +57,8 @@ def validate(config) -> None:
   if not 0 < config.stability.divergence_fraction <= 1:
     raise ValueError(f"config key 'stability.divergence_fraction': "
                      f"{config.stability.divergence_fraction}; allowed: in (0, 1]")
+  checks.train_split(config, "data")
   n = config.data.num_train
-  if n > 0.8 * config.data.num_samples:
-    raise ValueError(f"config key 'data.num_train': {n}; allowed: at most 0.8 × "
-                     f"data.num_samples ({config.data.num_samples}, the train split)")
   checks.positive_sizes(config, "model.hidden_sizes")
   checks.choice(config, "model.activation", models.ACTIVATIONS)
   _ints("sharpness.batch_sizes", config.sharpness.batch_sizes, 1, n - 1)

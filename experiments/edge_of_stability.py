@@ -32,9 +32,7 @@ LOSSES = ("mse", "cross_entropy")
 def validate(config) -> None:
   checks.positive(config, "data.num_train")
   checks.positive(config, "data.num_samples")
-  if config.data.num_train > 0.8 * config.data.num_samples:
-    raise ValueError(f"config key 'data.num_train': {config.data.num_train}; allowed: at most "
-                     f"0.8 × data.num_samples ({config.data.num_samples}, the train split)")
+  checks.train_split(config, "data")
   checks.choice(config, "model.activation", models.ACTIVATIONS)
   checks.choice(config, "model.parametrization", models.PARAMETRIZATIONS)
   checks.positive_sizes(config, "model.hidden_sizes")

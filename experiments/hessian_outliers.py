@@ -50,9 +50,8 @@ def validate(config) -> None:
   if config.spectrum.lanczos_iters < config.spectrum.top_k:
     raise ValueError(f"config key 'spectrum.lanczos_iters': {config.spectrum.lanczos_iters}; "
                      f"allowed: >= spectrum.top_k ({config.spectrum.top_k})")
-  if config.mnist1d.enabled and config.mnist1d.num_train > 0.8 * config.mnist1d.num_samples:
-    raise ValueError(f"config key 'mnist1d.num_train': {config.mnist1d.num_train}; allowed: at "
-                     f"most 0.8 × mnist1d.num_samples ({config.mnist1d.num_samples})")
+  if config.mnist1d.enabled:
+    checks.train_split(config, "mnist1d")
   for key, n in (("mixture.num_train", config.mixture.num_train),
                  ("mnist1d.num_train", config.mnist1d.num_train)):
     if config.train.batch_size > n:

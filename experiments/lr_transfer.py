@@ -63,9 +63,7 @@ def _ints(key, value, lo=1):
 def validate(config) -> None:
   checks.positive(config, "data.num_samples")
   checks.positive(config, "data.num_train")
-  if config.data.num_train > 0.8 * config.data.num_samples:
-    raise ValueError(f"config key 'data.num_train': {config.data.num_train}; allowed: at most "
-                     f"0.8 × data.num_samples ({config.data.num_samples}, the train split)")
+  checks.train_split(config, "data")
   widths = _ints("widths", config.widths)
   if list(widths) != sorted(set(widths)):
     raise ValueError(f"config key 'widths': {widths!r}; allowed: strictly increasing ints")

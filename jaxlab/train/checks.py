@@ -43,3 +43,12 @@ def positive_sizes(config: Any, key: str) -> None:
   value = _get(config, key)
   if not value or min(value) < 1:
     raise ValueError(f"config key {key!r}: {value!r}; allowed: a non-empty tuple of positive ints")
+
+
+def train_split(config: Any, prefix: str = "data", fraction: float = 0.8) -> None:
+  """`{prefix}.num_train` must fit in the train split (the first `fraction`) of
+  `{prefix}.num_samples`, as `jaxlab.data.mnist1d` splits them."""
+  n, total = _get(config, f"{prefix}.num_train"), _get(config, f"{prefix}.num_samples")
+  if n > fraction * total:
+    raise ValueError(f"config key '{prefix}.num_train': {n}; allowed: at most {fraction:g} × "
+                     f"{prefix}.num_samples ({total}, the train split)")

@@ -20,7 +20,13 @@ from jaxlab.spectral.density import (
 )
 from jaxlab.spectral.eigen import Eigenpairs, top_eigenpairs
 from jaxlab.spectral.lanczos import LanczosResult, lanczos, tridiagonal
-from jaxlab.spectral.operators import DataSetOperator, ggn_vp, hessian_vp, restrict_to_subtree
+from jaxlab.spectral.operators import (
+    DataSetOperator,
+    ggn_vp,
+    hessian_vp,
+    linearized,
+    restrict_to_subtree,
+)
 from jaxlab.spectral.trace import TraceEstimate, trace
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "ggn_vp",
     "hessian_vp",
     "lanczos",
+    "linearized",
     "plot_density",
     "restrict_to_subtree",
     "sharpness_callback",

@@ -159,8 +159,10 @@ def _update(c: _Carry, j: jax.Array, av: jax.Array, reorth: bool) -> _Carry:
 
 @functools.partial(jax.jit, static_argnames=("spec", "num_iters", "reorth"))
 def _lanczos_fused(matvec, v0, key, spec, num_iters, reorth):
+  mv = ops.linearized(matvec)  # primal work once, not once per step
+
   def body(j, c):
-    return _update(c, j, flat_apply(matvec, c.V[j], spec), reorth)
+    return _update(c, j, flat_apply(mv, c.V[j], spec), reorth)
 
   return jax.lax.fori_loop(0, num_iters, body, _init(v0, num_iters, key))
 

@@ -32,7 +32,8 @@ def _probes(key, start, size, n, dtype):
 
 def _block_apply(matvec, X, spec):
   """``A xᵢ`` for the rows of X in one program (``vmap`` of the matvec): matrix-matrix work."""
-  return jax.vmap(lambda x: flat_apply(matvec, x, spec))(X)
+  mv = ops.linearized(matvec)
+  return jax.vmap(lambda x: flat_apply(mv, x, spec))(X)
 
 
 def _deflate(G, Q):

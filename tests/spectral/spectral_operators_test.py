@@ -54,18 +54,22 @@ def test_full_dataset_operator_equals_full_batch_hessian(mlp64):
     assert np.abs(np.mean(Hs, axis=0) - H).max() > 1e-3 * np.abs(H).max()
 
 
+def _dense_ggn(params, x):
+  """(1/B) Σ_i J_iᵀ (diag(p_i) − p_i p_iᵀ) J_i with dense Jacobians (softmax cross-entropy)."""
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  J = np.asarray(jax.jacobian(lambda f: sm.mlp_apply(unravel(f), x))(flat))  # (B, C, n)
+  z = np.asarray(sm.mlp_apply(params, x))
+  p = np.exp(z - z.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  # closed-form softmax cross-entropy output Hessian: diag(p) - p p^T
+  return sum(J[i].T @ (np.diag(p[i]) - np.outer(p[i], p[i])) @ J[i] for i in range(x.shape[0])) / x.shape[0]
+
+
 def test_ggn_matches_dense_jt_h_j(mlp64):
   params, (x, y), _ = mlp64
   with jax.enable_x64(True):
     mv = ops.ggn_vp(sm.mlp_apply, sm.xent, params, (x, y))
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    J = np.asarray(jax.jacobian(lambda f: sm.mlp_apply(unravel(f), x))(flat))  # (B, C, n)
-    z = np.asarray(sm.mlp_apply(params, x))
-    p = np.exp(z - z.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    B = x.shape[0]
-    # closed-form softmax cross-entropy output Hessian: diag(p) - p p^T
-    G = sum(J[i].T @ (np.diag(p[i]) - np.outer(p[i], p[i])) @ J[i] for i in range(B)) / B
+    G = _dense_ggn(params, x)
     MP, P = _probe(mv, params)
     np.testing.assert_allclose(MP, G @ P, rtol=0, atol=1e-11 * np.abs(G).max())
     # multi-batch GGN with a smaller last batch equals the full one
@@ -74,6 +78,29 @@ def test_ggn_matches_dense_jt_h_j(mlp64):
     np.testing.assert_allclose(MP, G @ P, rtol=0, atol=1e-11 * np.abs(G).max())
     # The GGN is PSD while the Hessian is not (a check that they differ):
     assert np.linalg.eigvalsh(G).min() > -1e-10
+
+
+def test_linearized_operators_match_dense_inside_jit(mlp64):
+  """linearized(mv) (residuals computed once, tangent part per product) equals the dense
+  Hessian and GGN inside a jitted loop; a plain callable passes through unchanged."""
+  params, (x, y), H = mlp64
+  with jax.enable_x64(True):
+    G = _dense_ggn(params, x)
+    P = np.random.default_rng(3).standard_normal((H.shape[0], 4))
+
+    @jax.jit
+    def apply_all(mv, vs):
+      lin = ops.linearized(mv)
+      return jax.lax.map(lin, vs)
+
+    vs = jax.vmap(lambda p: sm.unflat_like(p, params))(jnp.asarray(P.T))
+    for mv, M in ((ops.hessian_vp(sm.mlp_loss, params, (x, y)), H),
+                  (ops.ggn_vp(sm.mlp_apply, sm.xent, params, (x, y)), G)):
+      out = apply_all(mv, vs)
+      MP = np.stack([sm.flat(jax.tree.map(lambda a, i=i: a[i], out)) for i in range(P.shape[1])], 1)
+      np.testing.assert_allclose(MP, M @ P, rtol=0, atol=1e-11 * np.abs(M).max())
+  plain = lambda v: v
+  assert ops.linearized(plain) is plain
 
 
 def test_restrict_to_subtree_is_a_hessian_block(mlp64):

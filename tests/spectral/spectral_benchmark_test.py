@@ -37,8 +37,17 @@ def test_quick_benchmark_end_to_end(tmp_path, capsys):
   # SLQ's first moment is tr(H)/n up to Monte Carlo error (16 draws: ~3 standard errors)
   d = res["density"]
   assert abs(d["ours_moments"][0] - d["exact_m1"]) <= 0.3 * abs(d["exact_m1"])
-  assert res["costs"]["hvp_over_grad"] > 0
+  (row,) = res["costs"]["rows"]
+  assert row["hvp_over_grad"] > 0 and row["hvp_in_loop_over_grad"] > 0 and row["lanczos_s"] > 0
   assert res["peer_note"].startswith("--skip-peer")
+
+
+def test_costs_only(tmp_path, capsys):
+  out = tmp_path / "costs.json"
+  _load().main(["--quick", "--costs-only", "--out", str(out)])
+  assert "overhead over its HVPs" in capsys.readouterr().out
+  costs = json.loads(out.read_text())["costs"]
+  assert [r["batch"] for r in costs["rows"]] == [64] and costs["num_params"] > 0
 
 
 def test_benchmark_rejects_unknown_flag():

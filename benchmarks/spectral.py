@@ -478,7 +478,7 @@ def bench_costs(cfg, seed=0):
       block(hvp_loop(mv, v))
       t3 = time.perf_counter()
       t_grad, t_hvp, t_in_loop = min(t_grad, t1 - t0), min(t_hvp, t2 - t1), min(t_in_loop, (t3 - t2) / m)
-    t_lan, _ = timeit(lambda: lanczos(mv, params, m, jax.random.key(0)), 2)
+    t_lan, _ = timeit(lambda mv=mv: lanczos(mv, params, m, jax.random.key(0)), 2)
     rows.append(dict(batch=b, grad_s=t_grad, hvp_s=t_hvp, hvp_in_loop_s=t_in_loop,
                      hvp_over_grad=t_hvp / t_grad, hvp_in_loop_over_grad=t_in_loop / t_grad,
                      lanczos_s=t_lan, lanczos_overhead=t_lan / (m * t_in_loop) - 1.0,

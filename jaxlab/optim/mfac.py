@@ -43,7 +43,11 @@ def scale_by_mfac(num_grads: int = 1024, damping: float = 1e-5, momentum: float 
 
   Cost per step: O(d m) for G g and G^T w, O(m^3) for the m x m Cholesky solve
   (the authors' CPU path also refactorizes in O(m^3); the paper's O(m^2) needs
-  their incremental recurrences). Memory: m d + m^2 floats.
+  their incremental recurrences). Memory: m d + m^2 floats. On CPU the
+  Cholesky is a LAPACK call (OpenBLAS): on a machine shared with other jobs,
+  OpenBLAS's spinning threads slowed it 10-20x in our runs (MNIST-1D MLP,
+  m = 1024: 1.6 instead of 20-38 steps/s); ``OPENBLAS_NUM_THREADS=1`` set
+  before Python starts avoids it.
 
   Args:
     num_grads: window size m (> 0).

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -250,23 +251,30 @@ def main(config, workdir: str) -> dict:
 
   summary: dict = {"widths": list(widths), "log2_learning_rates": exps,
                    "learning_rates": [2.0 ** e for e in exps], "parametrizations": {}}
+  # One tick per (parametrization, width) for the learning-rate grid and one for
+  # the sharpness run: the full config spends minutes on each wide cell.
+  bar = tqdm.tqdm(total=2 * len(config.parametrizations) * len(widths), desc="lr_transfer")
   for p in config.parametrizations:
     table, initial, arms = [], [], {w: setup(p, w) for w in widths}
     for w in widths:
+      bar.set_postfix_str(f"{p} width {w}: {len(exps)} rates x {config.train.num_steps} steps")
       params, _, loss, run = arms[w]
       final, first = lr_grid_losses(run, loss, params, base, lrs, idx, x, y)
       table.append(final)
       initial.append(first)
+      bar.update()
     shift = studies.optimum_shift(np.asarray(table))
     j_ref = shift["indices"][0]
     sharp = {}
     for w in widths:
+      bar.set_postfix_str(f"{p} width {w}: sharpness every {config.sharpness.every_steps} steps")
       params, scales, loss, run = arms[w]
       logger = io.MetricsLogger(os.path.join(workdir, f"{p}_width_{w}"))
       logger.reset()
       sharp[w] = sharpness_run(run, loss, params, base, scales, lrs[j_ref], idx, probe_batch,
                                config.sharpness.every_steps, config.sharpness.lanczos_iters,
                                key_lanczos, logger)
+      bar.update()
     late = [np.nanmedian(np.asarray(sharp[w]["sharpness"][len(sharp[w]["sharpness"]) // 2:]))
             for w in widths]
     summary["parametrizations"][p] = {
@@ -283,6 +291,7 @@ def main(config, workdir: str) -> dict:
     }
   summary["optimum_shift"] = {p: s["optimum_shift_grid_steps"]
                               for p, s in summary["parametrizations"].items()}
+  bar.close()
   summary["wall_time_s"] = time.time() - start
   io.write_json(os.path.join(workdir, "summary.json"), summary)
   plot(summary, workdir)

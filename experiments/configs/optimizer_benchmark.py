@@ -20,7 +20,7 @@ Expected (measured, seed 0, 2-core CPU):
   constant + cosine runs predicts its WSD run to 12% mean relative error; the
   refined schedule from momentum's linear run: 0.625 vs linear 0.632. The
   Adam-type sweeps still choose their largest LR at this budget.
-  full (13 optimizers × 5 schedules × LR ×(0.3, 1, 3), 3,000 steps, 198
+  full (13 optimizers × 5 schedules × LR ×(0.3, 1, 3), 3,000 steps, 200
   runs; 46 min of CPU time, 76 min wall in two resumed parts on a machine
   shared with other jobs, with OPENBLAS_NUM_THREADS=1 for M-FAC's Cholesky):
   best validation accuracy 0.62-0.72 (LAMB + WSD 0.722, momentum + cosine

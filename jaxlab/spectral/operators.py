@@ -257,18 +257,6 @@ def _make_ggn(apply_fn: Callable, output_loss_fn: Callable, has_aux: bool) -> Ca
     grad_z = lambda zz: jax.grad(output_loss_fn)(zz, y)
     return jax.jvp(grad_z, (z,), (u,))[1]
 
-  def ggn(params, batch, v):
-    _check_v(params, v)
-    x, y = batch
-    n = batch_size(batch)
-    v_p = jax.tree.map(lambda t, p: t.astype(p.dtype), v, params)
-    z, jvp_fn = jax.linearize(lambda p: out_fn(p, x), params)
-    jv = jvp_fn(v_p)  # J v, per example
-    hjv = jax.vmap(per_example_hvp)(z, y, jv)  # H_out J v
-    _, vjp_fn = jax.vjp(lambda p: out_fn(p, x), params)
-    (gv,) = vjp_fn(jax.tree.map(lambda a: a / n, hjv))  # J^T H_out J v / n
-    return jax.tree.map(lambda h, t: h.astype(t.dtype), gv, v)
-
   def linearize(params, batch):
     x, y = batch
     n = batch_size(batch)
@@ -276,10 +264,15 @@ def _make_ggn(apply_fn: Callable, output_loss_fn: Callable, has_aux: bool) -> Ca
     _, vjp_fn = jax.vjp(lambda p: out_fn(p, x), params)
 
     def gv(v_p):
-      hjv = jax.vmap(per_example_hvp)(z, y, jvp_fn(v_p))  # H_out J v
-      return vjp_fn(jax.tree.map(lambda a: a / n, hjv))[0]
+      hjv = jax.vmap(per_example_hvp)(z, y, jvp_fn(v_p))  # H_out J v, per example
+      return vjp_fn(jax.tree.map(lambda a: a / n, hjv))[0]  # J^T H_out J v / n
 
     return gv
+
+  def ggn(params, batch, v):
+    _check_v(params, v)
+    v_p = jax.tree.map(lambda t, p: t.astype(p.dtype), v, params)
+    return jax.tree.map(lambda h, t: h.astype(t.dtype), linearize(params, batch)(v_p), v)
 
   return _Product(ggn, linearize)
 

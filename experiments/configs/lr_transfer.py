@@ -28,7 +28,11 @@ other jobs (load average 12-14); 4 min 44 s as the repro test at lighter load:
   far below Adam's threshold 38/η (2,432 and 4,864).
   seed 1 (4 min 6 s): µP -7 / -6 / -6 / -6 (shift 1), SP -6 / -7 / -8 / -9
   (shift 3); sharpness µP 410 → 515 (×1.26), SP 202 → 420 (×2.08).
-  full (widths 64-1024, 16×, 2,000 steps, with ntk): not measured yet.
+  full (widths 64-1024, 16×, 2,000 steps, with ntk): not measured yet. A
+  started run finished the standard parametrization (13-rate grids and
+  sharpness runs at all five widths) in about 50 CPU-minutes, partly beside
+  other jobs; the three parametrizations need ≈ 2.5 CPU-hours on a 2-core CPU,
+  most of it at width 1024 (2.1M parameters × 13 rates).
 """
 from experiments.configs import common
 

@@ -33,6 +33,7 @@ for Adam-trained models, the preconditioned Hessian (our reading of the paper).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -254,14 +255,33 @@ def main(config, workdir: str) -> dict:
   # One tick per (parametrization, width) for the learning-rate grid and one for
   # the sharpness run: the full config spends minutes on each wide cell.
   bar = tqdm.tqdm(total=2 * len(config.parametrizations) * len(widths), desc="lr_transfer")
+  # Each finished cell is kept in workdir/cells, so a re-run on the same workdir
+  # with the same config resumes where it stopped.
+  fingerprint = hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()
+
+  def cached(name, compute):
+    path = os.path.join(workdir, "cells", name + ".json")
+    if os.path.exists(path):
+      record = io.read_json(path)
+      if record.get("fingerprint") == fingerprint:
+        return record["value"]
+    value = compute()
+    io.write_json(path, {"fingerprint": fingerprint, "value": value})
+    return value
+
+  def floats(values):  # NaN comes back from JSON as the string "nan"
+    return [float(v) for v in values]
+
   for p in config.parametrizations:
     table, initial, arms = [], [], {w: setup(p, w) for w in widths}
     for w in widths:
       bar.set_postfix_str(f"{p} width {w}: {len(exps)} rates x {config.train.num_steps} steps")
       params, _, loss, run = arms[w]
-      final, first = lr_grid_losses(run, loss, params, base, lrs, idx, x, y)
-      table.append(final)
-      initial.append(first)
+      cell = cached(f"{p}_width_{w}_grid", lambda params=params, loss=loss, run=run: dict(zip(
+          ("final", "first"), lr_grid_losses(run, loss, params, base, lrs, idx, x, y),
+          strict=True)))
+      table.append(np.asarray(floats(cell["final"]), np.float64))
+      initial.append(float(cell["first"]))
       bar.update()
     shift = studies.optimum_shift(np.asarray(table))
     j_ref = shift["indices"][0]
@@ -269,11 +289,16 @@ def main(config, workdir: str) -> dict:
     for w in widths:
       bar.set_postfix_str(f"{p} width {w}: sharpness every {config.sharpness.every_steps} steps")
       params, scales, loss, run = arms[w]
-      logger = io.MetricsLogger(os.path.join(workdir, f"{p}_width_{w}"))
-      logger.reset()
-      sharp[w] = sharpness_run(run, loss, params, base, scales, lrs[j_ref], idx, probe_batch,
-                               config.sharpness.every_steps, config.sharpness.lanczos_iters,
-                               key_lanczos, logger)
+
+      def measure(params=params, scales=scales, loss=loss, run=run, w=w, p=p, j_ref=j_ref):
+        logger = io.MetricsLogger(os.path.join(workdir, f"{p}_width_{w}"))
+        logger.reset()
+        return sharpness_run(run, loss, params, base, scales, lrs[j_ref], idx, probe_batch,
+                             config.sharpness.every_steps, config.sharpness.lanczos_iters,
+                             key_lanczos, logger)
+
+      sharp[w] = cached(f"{p}_width_{w}_sharpness_lr_{j_ref}", measure)
+      sharp[w].update(sharpness=floats(sharp[w]["sharpness"]), loss=floats(sharp[w]["loss"]))
       bar.update()
     late = [np.nanmedian(np.asarray(sharp[w]["sharpness"][len(sharp[w]["sharpness"]) // 2:]))
             for w in widths]

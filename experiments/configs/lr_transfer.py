@@ -4,6 +4,8 @@ Command (2-core CPU):
   python -m experiments.run --config=experiments/configs/lr_transfer.py:quick \
       --workdir=runs/lr_transfer_quick
   python -m experiments.run --config=experiments/configs/lr_transfer.py --workdir=runs/lr_transfer
+Re-running on the same workdir with the same config resumes: each finished
+(parametrization, width) grid and sharpness run is kept in workdir/cells.
 
 Setup: ReLU MLPs with `model.depth` hidden layers of equal width on MNIST-1D,
 Adam (β = 0.9, 0.999) with a constant learning rate on a grid of powers of 2,
@@ -32,7 +34,7 @@ other jobs (load average 12-14); 4 min 44 s as the repro test at lighter load:
   started run finished the standard parametrization (13-rate grids and
   sharpness runs at all five widths) in about 50 CPU-minutes, partly beside
   other jobs; the three parametrizations need ≈ 2.5 CPU-hours on a 2-core CPU,
-  most of it at width 1024 (2.1M parameters × 13 rates).
+  most of it at width 1024 (2.1M parameters × 13 rates); it resumes by cell.
 """
 from experiments.configs import common
 

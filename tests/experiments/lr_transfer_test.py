@@ -37,6 +37,27 @@ def test_lr_transfer_tiny_run(tmp_path):
         38.0 / arm["sharpness_learning_rate"])
 
 
+def test_lr_transfer_resumes_finished_cells(tmp_path, monkeypatch):
+  """A re-run on the same workdir and config reads every finished cell back (no training);
+  a changed config recomputes."""
+  wd = str(tmp_path)
+  first = run.run(CFG + ":quick", wd, overrides=TINY)
+  cells = sorted(os.listdir(os.path.join(wd, "cells")))
+  assert len(cells) == 4, cells  # (grid, sharpness) x 2 widths
+
+  def fail(*args, **kwargs):
+    raise AssertionError("a finished cell was recomputed")
+
+  monkeypatch.setattr(lr_transfer, "lr_grid_losses", fail)
+  monkeypatch.setattr(lr_transfer, "sharpness_run", fail)
+  again = run.run(CFG + ":quick", wd, overrides=TINY)
+  a, b = first["parametrizations"]["mup"], again["parametrizations"]["mup"]
+  for key in ("final_loss", "optimal_index", "median_sharpness_last_half"):
+    np.testing.assert_allclose(np.asarray(b[key], float), np.asarray(a[key], float))
+  with pytest.raises(AssertionError, match="recomputed"):
+    run.run(CFG + ":quick", wd, overrides={**TINY, "train.num_steps": 30})
+
+
 def test_adam_mup_lr_multipliers_follow_tensor_programs_v():
   # Table 3 (Adam) with the MLP's multipliers: relative to the base width n0,
   # input kernel and √n-biases (n0/n)^½, hidden kernel n0/n, readout kernel (n0/n)^½.

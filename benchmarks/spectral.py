@@ -455,8 +455,7 @@ def bench_costs(cfg, seed=0):
 
     def body(i, w):
       w = lin(w)
-      nrm = jnp.sqrt(sum(jnp.vdot(a, a) for a in jax.tree_util.tree_leaves(w)))
-      return jax.tree.map(lambda a: a / nrm, w)
+      return optax.tree.scale(1.0 / optax.tree.norm(w), w)
 
     return jax.lax.fori_loop(0, m, body, u)
 

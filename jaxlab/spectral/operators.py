@@ -182,32 +182,35 @@ def _check_v(params: PyTree, v: PyTree) -> None:
   check_like(v, flat_spec(params, "params"), "v")
 
 
+def _in_params_dtype(product: Callable, params: PyTree, v: PyTree) -> PyTree:
+  """``product(v)`` with v checked against params, cast to their dtypes, the result cast back."""
+  _check_v(params, v)
+  v_p = jax.tree.map(lambda t, p: t.astype(p.dtype), v, params)
+  return jax.tree.map(lambda h, t: h.astype(t.dtype), product(v_p), v)
+
+
 class _Product:
   """A per-batch curvature product ``(params, batch, v) -> Mv``, jitted, plus its linearization.
 
   One instance per loss (or model and output loss), so a ``Partial`` holding it
   hashes alike at any params and batch and compiled loops are reused.
-  ``linearize(params, batch)`` returns ``v -> Mv`` evaluated from stored
-  residuals: the product is linear in ``v`` at a fixed point, so a loop of many
-  products (Lanczos) pays the primal computation once (see :func:`linearized`).
+  ``product(params, batch, v)`` and ``linearize(params, batch)(v)`` take ``v`` in
+  the params' dtypes; the latter is evaluated from stored residuals: the product
+  is linear in ``v`` at a fixed point, so a loop of many products (Lanczos) pays
+  the primal computation once (see :func:`linearized`).
   """
 
   def __init__(self, product: Callable, linearize: Callable):
-    self._product = jax.jit(product)
+    self._product = jax.jit(
+        lambda params, batch, v: _in_params_dtype(functools.partial(product, params, batch),
+                                                  params, v))
     self._linearize = linearize
 
   def __call__(self, params: PyTree, batch: Batch, v: PyTree) -> PyTree:
     return self._product(params, batch, v)
 
   def linearize(self, params: PyTree, batch: Batch) -> Callable:
-    lin = self._linearize(params, batch)
-
-    def matvec(v):
-      _check_v(params, v)
-      v_p = jax.tree.map(lambda t, p: t.astype(p.dtype), v, params)
-      return jax.tree.map(lambda h, t: h.astype(t.dtype), lin(v_p), v)
-
-    return matvec
+    return functools.partial(_in_params_dtype, self._linearize(params, batch), params)
 
 
 def linearized(matvec: Callable) -> Callable:
@@ -236,11 +239,8 @@ def linearized(matvec: Callable) -> Callable:
 def _make_hvp(loss_fn: Callable) -> _Product:
   grad_fn = jax.jit(jax.grad(loss_fn))
 
-  def hvp(params, batch, v):
-    _check_v(params, v)
-    v_p = jax.tree.map(lambda t, p: t.astype(p.dtype), v, params)
-    hv = jax.jvp(lambda p: grad_fn(p, batch), (params,), (v_p,))[1]
-    return jax.tree.map(lambda h, t: h.astype(t.dtype), hv, v)
+  def hvp(params, batch, v_p):
+    return jax.jvp(lambda p: grad_fn(p, batch), (params,), (v_p,))[1]
 
   def linearize(params, batch):
     return jax.linearize(lambda p: grad_fn(p, batch), params)[1]
@@ -248,7 +248,7 @@ def _make_hvp(loss_fn: Callable) -> _Product:
   return _Product(hvp, linearize)
 
 
-def _make_ggn(apply_fn: Callable, output_loss_fn: Callable, has_aux: bool) -> Callable:
+def _make_ggn(apply_fn: Callable, output_loss_fn: Callable, has_aux: bool) -> _Product:
   def out_fn(params, x):
     out = apply_fn(params, x)
     return out[0] if has_aux else out
@@ -269,10 +269,8 @@ def _make_ggn(apply_fn: Callable, output_loss_fn: Callable, has_aux: bool) -> Ca
 
     return gv
 
-  def ggn(params, batch, v):
-    _check_v(params, v)
-    v_p = jax.tree.map(lambda t, p: t.astype(p.dtype), v, params)
-    return jax.tree.map(lambda h, t: h.astype(t.dtype), linearize(params, batch)(v_p), v)
+  def ggn(params, batch, v_p):
+    return linearize(params, batch)(v_p)
 
   return _Product(ggn, linearize)
 

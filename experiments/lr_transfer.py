@@ -300,8 +300,9 @@ def main(config, workdir: str) -> dict:
       sharp[w] = cached(f"{p}_width_{w}_sharpness_lr_{j_ref}", measure)
       sharp[w].update(sharpness=floats(sharp[w]["sharpness"]), loss=floats(sharp[w]["loss"]))
       bar.update()
-    late = [np.nanmedian(np.asarray(sharp[w]["sharpness"][len(sharp[w]["sharpness"]) // 2:]))
-            for w in widths]
+    curves = [np.asarray(sharp[w]["sharpness"], np.float64) for w in widths]
+    early = [np.nanmedian(c[:max(len(c) // 2, 1)]) for c in curves]
+    late = [np.nanmedian(c[len(c) // 2:]) for c in curves]
     summary["parametrizations"][p] = {
         "final_loss": [row.tolist() for row in table],
         "initial_loss": initial,
@@ -313,6 +314,8 @@ def main(config, workdir: str) -> dict:
         "sharpness": {str(w): sharp[w] for w in widths},
         "median_sharpness_last_half": [float(v) for v in late],
         "sharpness_ratio_widest_over_narrowest": float(late[-1] / late[0]),
+        "median_sharpness_first_half": [float(v) for v in early],
+        "sharpness_ratio_first_half": float(early[-1] / early[0]),
     }
   summary["optimum_shift"] = {p: s["optimum_shift_grid_steps"]
                               for p, s in summary["parametrizations"].items()}

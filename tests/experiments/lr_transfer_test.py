@@ -35,6 +35,10 @@ def test_lr_transfer_tiny_run(tmp_path):
     assert all(lam > 0 for lam in arm["sharpness"][w]["sharpness"])
     assert arm["sharpness"][w]["stability_threshold"] == pytest.approx(
         38.0 / arm["sharpness_learning_rate"])
+  for i, w in enumerate(("8", "16")):  # two measurements: one in each half
+    first, last = arm["sharpness"][w]["sharpness"]
+    assert arm["median_sharpness_first_half"][i] == pytest.approx(first)
+    assert arm["median_sharpness_last_half"][i] == pytest.approx(last)
 
 
 def test_lr_transfer_resumes_finished_cells(tmp_path, monkeypatch):

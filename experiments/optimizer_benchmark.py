@@ -72,17 +72,24 @@ def main(config, workdir: str) -> dict:
       return io.read_json(done)
     schedule = schedule or make_schedule(sched_name, lr, config.num_steps,
                                          config.wsd_decay_fraction)
-    result = train.train(
-        loss_fn, params, optim.get(opt, learning_rate=schedule), batches,
-        num_steps=config.num_steps, key=jax.random.key(config.seed + 1), workdir=rundir,
-        log_every=log_every or config.eval_every_steps, eval_every=config.eval_every_steps,
-        eval_fn=val_eval, lr_schedule=schedule, progress=config.progress, desc=tag)
+    try:
+      result = train.train(
+          loss_fn, params, optim.get(opt, learning_rate=schedule), batches,
+          num_steps=config.num_steps, key=jax.random.key(config.seed + 1), workdir=rundir,
+          log_every=log_every or config.eval_every_steps, eval_every=config.eval_every_steps,
+          eval_fn=val_eval, lr_schedule=schedule, progress=config.progress, desc=tag)
+    except train.NonFiniteError as e:
+      # A diverged trial is a trial that never reaches the target (AlgoPerf);
+      # the sweep goes on.
+      out = {"optimizer": opt, "schedule": sched_name, "lr": lr, "diverged": str(e),
+             "best_val_accuracy": 0.0, "final_val_accuracy": 0.0, "curve": [],
+             "val_curve": [], "grad_norms": [], "lrs": []}
+      io.write_json(done, out)
+      return out
     evals = [r for r in result.history if "val_accuracy" in r]
-    hit = [r["step"] for r in evals if r["val_accuracy"] >= config.target_accuracy]
     out = {"optimizer": opt, "schedule": sched_name, "lr": lr,
            "best_val_accuracy": max(r["val_accuracy"] for r in evals),
            "final_val_accuracy": evals[-1]["val_accuracy"],
-           "steps_to_target": hit[0] if hit else None,
            "curve": [(r["step"], r["loss"]) for r in result.history],
            "val_curve": [(r["step"], r["val_accuracy"]) for r in evals],
            "grad_norms": [r["grad_norm"] for r in result.history],
@@ -91,18 +98,24 @@ def main(config, workdir: str) -> dict:
     return out
 
   best: dict[tuple[str, str], dict] = {}
+  fastest: dict[tuple[str, str], dict] = {}
+  diverged: list[str] = []
   for opt in config.optimizers:
     for sched_name in config.schedules:
       runs = [run(opt, sched_name, config.base_lrs[opt] * f) for f in config.lr_factors]
       best[(opt, sched_name)] = max(runs, key=lambda r: r["best_val_accuracy"])
+      fastest[(opt, sched_name)] = time_to_target(runs, config.target_accuracy)
+      diverged += [f"{opt}/{sched_name}/lr={r['lr']:.3g}" for r in runs if "diverged" in r]
 
-  profile = performance_profile(best, config.optimizers, config.schedules)
+  profile = performance_profile(fastest, config.optimizers, config.schedules)
   law = annealing_arm(config, run)
   refined = refined_arm(config, run)
   summary = {
       "best_val_accuracy": {f"{o}/{s}": best[(o, s)]["best_val_accuracy"] for o, s in best},
-      "steps_to_target": {f"{o}/{s}": best[(o, s)]["steps_to_target"] for o, s in best},
+      "steps_to_target": {f"{o}/{s}": t["steps_to_target"] for (o, s), t in fastest.items()},
       "best_lr": {f"{o}/{s}": best[(o, s)]["lr"] for o, s in best},
+      "fastest_lr": {f"{o}/{s}": t["lr"] for (o, s), t in fastest.items()},
+      "diverged": diverged,
       "algoperf_score": profile["score"],
       "target_accuracy": config.target_accuracy,
       "annealing_law": law,
@@ -114,15 +127,29 @@ def main(config, workdir: str) -> dict:
   return summary
 
 
-def performance_profile(best, optimizers, scheds, r_max: float = 4.0) -> dict:
+def time_to_target(runs: list[dict], target: float) -> dict:
+  """AlgoPerf's time to result over a tuning sweep: the fastest trial that reaches the target.
+
+  Steps are the first evaluation with validation accuracy >= `target` (read
+  from each run's `val_curve`, so a new target needs no re-training);
+  ``{"steps_to_target": None, "lr": None}`` when no trial reaches it.
+  """
+  hits = [(next((step for step, acc in r["val_curve"] if acc >= target), None), r["lr"])
+          for r in runs]
+  hits = [h for h in hits if h[0] is not None]
+  steps, lr = min(hits, key=lambda h: h[0]) if hits else (None, None)
+  return {"steps_to_target": steps, "lr": lr}
+
+
+def performance_profile(times, optimizers, scheds, r_max: float = 4.0) -> dict:
   """AlgoPerf scoring: r = steps / best steps per workload; ρ(τ) = fraction with r ≤ τ."""
   taus = np.linspace(1.0, r_max, 301)
   rho, score = {}, {}
   for o in optimizers:
     ratios = []
     for s in scheds:
-      t = best[(o, s)]["steps_to_target"]
-      ts = [best[(p, s)]["steps_to_target"] for p in optimizers]
+      t = times[(o, s)]["steps_to_target"]
+      ts = [times[(p, s)]["steps_to_target"] for p in optimizers]
       ts = [x for x in ts if x is not None]
       ratios.append(np.inf if t is None else t / min(ts))
     rho[o] = [float(np.mean(np.asarray(ratios) <= tau)) for tau in taus]
@@ -169,24 +196,30 @@ def refined_arm(config, run) -> dict:
           "refined_lrs": refined["lrs"][:: max(1, len(refined["lrs"]) // 200)]}
 
 
+def _style(i: int) -> dict:
+  """Distinct line styles past matplotlib's ten default colours."""
+  return {"color": f"C{i % 10}", "linestyle": ("-", "--", ":")[i // 10 % 3]}
+
+
 def plot(best, profile, law, config, workdir) -> None:
   fig, axes = plt.subplots(1, len(config.schedules), figsize=(3.2 * len(config.schedules), 3),
                            sharey=True, squeeze=False)
   for ax, s in zip(axes[0], config.schedules, strict=True):
-    for o in config.optimizers:
-      steps, losses = zip(*best[(o, s)]["curve"], strict=True)
-      ax.plot(steps, losses, label=o)
+    for i, o in enumerate(config.optimizers):
+      if best[(o, s)]["curve"]:  # empty when every trial of the sweep diverged
+        steps, losses = zip(*best[(o, s)]["curve"], strict=True)
+        ax.plot(steps, losses, label=o, **_style(i))
     ax.set(title=s, xlabel="step", yscale="log")
   axes[0][0].set_ylabel("train loss (best LR)")
   axes[0][-1].legend(fontsize=7)
   io.save_figure(fig, workdir, "loss_curves")
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  for o in config.optimizers:
+  for i, o in enumerate(config.optimizers):
     ax.step(profile["taus"], profile["rho"][o], where="post",
-            label=f"{o} ({profile['score'][o]:.2f})")
+            label=f"{o} ({profile['score'][o]:.2f})", **_style(i))
   ax.set(xlabel="τ (steps / best steps)", ylabel="fraction of workloads solved",
          title=f"performance profile (target acc {config.target_accuracy})", ylim=(-0.02, 1.02))
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   io.save_figure(fig, workdir, "performance_profile")
   fig, ax = plt.subplots(figsize=(5, 3.5))
   x = np.arange(len(law["wsd_actual"])) + law["skip"]

@@ -71,7 +71,8 @@ def get_config(arg=None):
   c.train = dict(num_steps=1000, batch_size=128)
   c.sharpness = dict(every_steps=50, lanczos_iters=20, num_examples=1000)
   if opts.quick:
-    c.data = dict(num_samples=5000, num_train=4000, data_seed=42)
+    c.data.num_samples = 5000
+    c.data.num_train = 4000
     c.widths = (32, 64, 128, 256)
     c.parametrizations = ("standard", "mup")
     c.lr_grid.log2_learning_rates = tuple(range(-14, -3))

@@ -21,8 +21,8 @@ accuracy (a diverged trial never does); the best accuracy is the sweep's best.
   score at target 0.55: diffgrad 1.00, adam 0.96, lion 0.89, momentum 0.89;
   the annealing law fitted on Adam's constant + cosine runs predicts its WSD
   run to 12% mean relative error; the refined schedule from momentum's linear
-  run: 0.624 vs linear 0.632. The Adam-type sweeps still choose their largest
-  LR at this budget.
+  run: 0.624 vs linear 0.632. Adam's sweep picks ×3 and momentum's ×1-×3,
+  but diffGrad's and Lion's still pick their largest LR (×10) at this budget.
   full (13 optimizers × 5 schedules × LR ×(0.3, 1, 3, 10, 30), 3,000 steps,
   330 runs; 32 min wall on an idle 2-core machine with OPENBLAS_NUM_THREADS=1
   for M-FAC's Cholesky: 25.5 min for the first four factors, 7 min for ×30,

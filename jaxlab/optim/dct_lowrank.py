@@ -11,7 +11,13 @@ import numpy as np
 import optax
 from optax.contrib import GaLoreDimensionNumbers
 
-from jaxlab.optim._checks import check_in_range, check_learning_rate, check_positive_int
+from jaxlab.optim._checks import (
+  check_finite,
+  check_float_params,
+  check_in_range,
+  check_learning_rate,
+  check_positive_int,
+)
 
 
 class ScaleByDCTLowRankState(NamedTuple):
@@ -108,6 +114,7 @@ def scale_by_dct_lowrank(
   """
   check_positive_int(rank, "rank")
   check_positive_int(update_every, "update_every")
+  check_finite(scale, "scale")
   base = optax.scale_by_adam() if base_optimizer is None else base_optimizer
   is_dn_leaf = lambda x: x is None or isinstance(x, GaLoreDimensionNumbers)
 
@@ -138,6 +145,7 @@ def scale_by_dct_lowrank(
     return jnp.zeros((n, r) if right else (r, m), x.dtype)
 
   def init_fn(params):
+    check_float_params(params, "dct_lowrank")
     dns = dim_nums_for(params)
     proxies = jax.tree.map(proxy, params, dns, is_leaf=is_dn_leaf)
     indices = jax.tree.map(

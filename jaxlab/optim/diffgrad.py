@@ -7,7 +7,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.optim._checks import chain_with_coupled_decay, check_in_range, check_learning_rate
+from jaxlab.optim._checks import (
+  chain_with_coupled_decay,
+  check_float_params,
+  check_in_range,
+  check_learning_rate,
+)
 
 
 class ScaleByDiffGradState(NamedTuple):
@@ -54,6 +59,7 @@ def scale_by_diffgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> 
   check_in_range(eps, "eps", 0.0, float("inf"))
 
   def init_fn(params):
+    check_float_params(params, "diffgrad")
     zeros = optax.tree.zeros_like(params)
     return ScaleByDiffGradState(
         count=jnp.zeros([], jnp.int32), mu=zeros, nu=optax.tree.zeros_like(params),

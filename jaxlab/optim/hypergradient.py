@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.optim._checks import check_in_range, check_learning_rate
+from jaxlab.optim._checks import check_float_params, check_in_range, check_learning_rate
 
 
 class HypergradientState(NamedTuple):
@@ -36,6 +36,7 @@ def scale_by_hypergradient(
   inner = optax.scale_by_adam() if inner is None else inner
 
   def init_fn(params):
+    check_float_params(params, "hypergradient")
     return HypergradientState(
         count=jnp.zeros([], jnp.int32), lr_offset=jnp.zeros([], jnp.float32),
         prev_direction=optax.tree.zeros_like(params), inner_state=inner.init(params))

@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxlab.optim._checks import (
   chain_with_coupled_decay,
+  check_float_params,
   check_in_range,
   check_learning_rate,
   check_positive_int,
@@ -72,6 +73,7 @@ def scale_by_mfac(num_grads: int = 1024, damping: float = 1e-5, momentum: float 
   m = num_grads
 
   def init_fn(params):
+    check_float_params(params, "mfac")
     flat, _ = ravel_pytree(params)
     return ScaleByMFACState(
         count=jnp.zeros([], jnp.int32),

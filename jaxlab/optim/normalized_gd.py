@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.optim._checks import check_learning_rate
+from jaxlab.optim._checks import check_float_params, check_learning_rate
 
 
 class ScaleByNormalizedGDState(NamedTuple):
@@ -54,7 +54,7 @@ def scale_by_normalized_gd() -> optax.GradientTransformationExtraArgs:
   """
 
   def init_fn(params):
-    del params
+    check_float_params(params, "normalized_gd")
     return ScaleByNormalizedGDState(count=jnp.zeros([], jnp.int32), last_scale=jnp.ones([], jnp.float32))
 
   def update_fn(updates, state, params=None, *, margins=None, **extra_args):

@@ -1,13 +1,14 @@
 """Pick an optimizer by name: `get(name, **hyperparams)`, validated before anything compiles."""
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable
 
 import optax
 import optax.contrib
 
-from jaxlab.optim._checks import check_learning_rate
+from jaxlab.optim._checks import check_float_params, check_hyperparams_finite, check_learning_rate
 from jaxlab.optim.dct_lowrank import dct_lowrank
 from jaxlab.optim.diffgrad import diffgrad
 from jaxlab.optim.hypergradient import hypergradient
@@ -89,10 +90,25 @@ def _check_name(name: str) -> None:
     raise ValueError(f"optimizer name={name!r} is unknown: allowed {', '.join(NAMES)}.")
 
 
+def _with_param_check(tx, name: str):
+  """`tx` whose init first rejects non-float params (optax's own optimizers do not)."""
+  def init_fn(params):
+    check_float_params(params, f"optimizer {name!r}")
+    return tx.init(params)
+
+  return tx._replace(init=init_fn)  # keeps the class (ExtraArgs stays ExtraArgs)
+
+
 def factory(name: str) -> Callable[..., optax.GradientTransformation]:
-  """The factory behind `name` (for optax.inject_hyperparams)."""
+  """The factory behind `name` (for optax.inject_hyperparams); its init rejects non-float params."""
   _check_name(name)
-  return _FACTORIES[name]
+  fn = _FACTORIES[name]
+
+  @functools.wraps(fn)  # inject_hyperparams reads the signature through __wrapped__
+  def checked(*args, **kwargs):
+    return _with_param_check(fn(*args, **kwargs), name)
+
+  return checked
 
 
 def hyperparameters(name: str) -> tuple[str, ...]:
@@ -102,7 +118,8 @@ def hyperparameters(name: str) -> tuple[str, ...]:
 
 
 def validate(name: str, **hyperparams) -> None:
-  """Raises ValueError for an unknown name or key, a missing or negative learning rate."""
+  """Raises ValueError for an unknown name or key, a missing, negative or non-finite learning
+  rate, or a non-finite number for any other hyperparameter."""
   allowed = hyperparameters(name)
   unknown = sorted(set(hyperparams) - set(allowed))
   if unknown:
@@ -112,6 +129,7 @@ def validate(name: str, **hyperparams) -> None:
   if "learning_rate" not in hyperparams:
     raise ValueError(f"optimizer {name!r} needs learning_rate= (a float >= 0 or an optax schedule).")
   check_learning_rate(hyperparams["learning_rate"])
+  check_hyperparams_finite(hyperparams)
 
 
 def get(name: str, **hyperparams) -> optax.GradientTransformation:
@@ -124,15 +142,18 @@ def get(name: str, **hyperparams) -> optax.GradientTransformation:
 
   Args:
     name: one of `NAMES`.
-    **hyperparams: must include ``learning_rate`` (float >= 0 or schedule).
+    **hyperparams: must include ``learning_rate`` (finite float >= 0 or
+      schedule); every number must be finite.
 
   Returns:
     An optax.GradientTransformation (ExtraArgs for normalized_gd and the
-    optax transforms that return one).
+    optax transforms that return one). Its ``init`` raises ValueError naming
+    the leaf and dtype when a params leaf is not floating point.
 
   Raises:
     ValueError: unknown name or hyperparameter (the message lists the
-      allowed ones), missing or negative learning rate.
+      allowed ones), missing, negative or non-finite learning rate, nan or inf
+      for any other hyperparameter.
 
   Example:
     >>> tx = get("adamw", learning_rate=1e-3, weight_decay=1e-4)
@@ -142,4 +163,4 @@ def get(name: str, **hyperparams) -> optax.GradientTransformation:
     ValueError: hyperparameter(s) lr not accepted by optimizer 'adamw': allowed learning_rate, ...
   """
   validate(name, **hyperparams)
-  return _FACTORIES[name](**hyperparams)
+  return _with_param_check(_FACTORIES[name](**hyperparams), name)

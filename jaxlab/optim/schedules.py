@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import scipy.ndimage
 
-from jaxlab.optim._checks import check_in_range
+from jaxlab.optim._checks import check_finite, check_in_range
 
 
 def _check_nonneg_int(value, name):
@@ -30,6 +30,7 @@ def _check_pos_int(value, name):
 
 
 def _check_value(value, name):
+  """A learning-rate value: finite and >= 0 (nan and inf are rejected)."""
   check_in_range(value, name, 0.0, float("inf"))
 
 
@@ -194,12 +195,13 @@ def power(a: float, b: float, max_value: float, warmup_steps: int = 0, decay_ste
   """
   _check_value(max_value, "max_value")
   _check_value(a, "a")
+  check_finite(b, "b")
   _check_nonneg_int(warmup_steps, "warmup_steps")
   _check_nonneg_int(decay_steps, "decay_steps")
   if decay_shape not in ("exponential", "linear"):
     raise ValueError(f"decay_shape={decay_shape!r} is not allowed: 'exponential' or 'linear'.")
-  if units_per_step <= 0:
-    raise ValueError(f"units_per_step={units_per_step!r} is not allowed: pass a value > 0.")
+  if not units_per_step > 0 or not math.isfinite(units_per_step):
+    raise ValueError(f"units_per_step={units_per_step!r} is not allowed: pass a finite value > 0.")
   if decay_steps > 0:
     if total_steps is None or total_steps < warmup_steps + decay_steps:
       raise ValueError(
@@ -250,6 +252,8 @@ def infinite(peak_value: float, constant_value: float, warmup_steps: int, cooldo
   """
   _check_value(peak_value, "peak_value")
   _check_value(constant_value, "constant_value")
+  _check_value(end_value, "end_value")
+  _check_value(init_value, "init_value")
   _check_nonneg_int(warmup_steps, "warmup_steps")
   _check_pos_int(cooldown_steps, "cooldown_steps")
   _check_nonneg_int(anneal_steps, "anneal_steps")

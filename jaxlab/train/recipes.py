@@ -6,10 +6,13 @@ optimizer registry (`jaxlab.optim.get`); `classification_loss(apply_fn)` and
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -24,6 +27,8 @@ def make_schedule(name: str, learning_rate: float, num_steps: int,
   """
   if name not in SCHEDULES:
     raise ValueError(f"schedule={name!r}; allowed: {SCHEDULES}")
+  if isinstance(learning_rate, numbers.Real) and not math.isfinite(learning_rate):
+    raise ValueError(f"learning_rate={learning_rate!r}; allowed: a finite number (not nan or inf)")
   if not 0 <= warmup_steps < num_steps:
     raise ValueError(f"warmup_steps={warmup_steps}; allowed: 0 ≤ warmup_steps < {num_steps}")
   decay_steps = num_steps - warmup_steps
@@ -46,9 +51,11 @@ def check_optimizer_config(opt: Any, key: str = "optimizer") -> None:
     raise ValueError(
         f"config key '{key}.name': {opt.name!r} is not a registered optimizer; "
         f"allowed: {list(optim.NAMES)}")
-  if not opt.learning_rate > 0:
+  lr = opt.learning_rate
+  if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
     raise ValueError(
-        f"config key '{key}.learning_rate': {opt.learning_rate!r}; allowed: a number > 0")
+        f"config key '{key}.learning_rate': {lr!r}; allowed: a number > 0 that is finite "
+        "(not nan or inf; 1e999 is inf)")
   if opt.schedule not in SCHEDULES:
     raise ValueError(f"config key '{key}.schedule': {opt.schedule!r}; allowed: {list(SCHEDULES)}")
   if opt.warmup_steps < 0:
@@ -65,20 +72,53 @@ def build_optimizer(opt: Any, num_steps: int,
 
 
 def classification_loss(apply_fn: Callable) -> Callable:
-  """`(params, batch, key) -> (mean cross-entropy, {"accuracy": ...})` for `apply_fn(params, x) -> (logits, aux)`."""
+  """`(params, batch, key) -> (mean cross-entropy, {"accuracy": ...})` for `apply_fn(params, x) -> (logits, aux)`.
+
+  Labels ``batch["y"]`` must lie in [0, C), C = logits.shape[-1]. Checked in
+  the loss: an out-of-range label makes the loss NaN, the run stops with
+  NonFiniteError naming the step. (The loss is multiplied by NaN, so the
+  gradient and then the parameters go NaN too and the loop's cheap check of
+  the last step's flag sees it; optax alone would read label -1 as class C - 1.)
+  """
 
   def loss_fn(params, batch, key):
     del key
     logits, _ = apply_fn(params, batch["x"])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
-    return loss, {"accuracy": jnp.mean(logits.argmax(-1) == batch["y"])}
+    y = batch["y"]
+    in_range = jnp.all((y >= 0) & (y < logits.shape[-1]))
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss = loss * jnp.where(in_range, 1.0, jnp.nan).astype(loss.dtype)
+    return loss, {"accuracy": jnp.mean(logits.argmax(-1) == y)}
 
   return loss_fn
 
 
+def _check_labels(y: np.ndarray, num_classes: int | None, name: str = "y") -> None:
+  """Host-side: integer labels in [0, num_classes) (only >= 0 when num_classes is None)."""
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"{name} has dtype {y.dtype}; allowed: integer class labels")
+  bad = y < 0 if num_classes is None else (y < 0) | (y >= num_classes)
+  if bad.any():
+    values = np.unique(y[bad])
+    shown = ", ".join(map(str, values[:10])) + (", ..." if values.size > 10 else "")
+    allowed = (f"in [0, {num_classes}) (num_classes = logits.shape[-1])" if num_classes is not None
+               else "in [0, num_classes) (num_classes = logits.shape[-1], read at the first call)")
+    raise ValueError(f"{name} has {int(bad.sum())} label(s) out of range, values {shown}; "
+                     f"allowed: labels {allowed}")
+
+
 def classification_eval(apply_fn: Callable, x: Any, y: Any, prefix: str = "test") -> Callable:
-  """A jitted `eval_fn(params) -> {prefix_loss, prefix_accuracy}` on fixed data."""
-  x, y = jnp.asarray(x), jnp.asarray(y)
+  """A jitted `eval_fn(params) -> {prefix_loss, prefix_accuracy}` on fixed data.
+
+  The labels are checked on the host: negative ones at construction, the
+  upper bound at the first call (the class count is the logits' last axis,
+  read with `jax.eval_shape`, which needs params). Raises ValueError naming
+  the bad label values and the allowed range.
+  """
+  y_host = np.asarray(y)
+  _check_labels(y_host, None)
+  x, y = jnp.asarray(x), jnp.asarray(y_host)
+  checked = False
 
   @jax.jit
   def evaluate(params):
@@ -86,4 +126,12 @@ def classification_eval(apply_fn: Callable, x: Any, y: Any, prefix: str = "test"
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return {f"{prefix}_loss": loss, f"{prefix}_accuracy": jnp.mean(logits.argmax(-1) == y)}
 
-  return evaluate
+  def eval_fn(params):
+    nonlocal checked
+    if not checked:
+      logits, _ = jax.eval_shape(apply_fn, params, x)
+      _check_labels(y_host, logits.shape[-1])
+      checked = True
+    return evaluate(params)
+
+  return eval_fn

@@ -1,6 +1,7 @@
-"""NTK toolkit: analytic and empirical kernels, infinite-width GD prediction,
-vmapped ensembles of two-layer nets, and the permutation-learning study's
-library (Giapitzakis, Back de Luca, Fountoulakis 2025, arXiv:2502.16763)."""
+"""NTK toolkit: analytic kernels of fully connected nets of any depth,
+empirical kernels, infinite-width GD prediction, vmapped ensembles of two-layer
+nets, and the permutation-learning study's library (Giapitzakis, Back de Luca,
+Fountoulakis 2025, arXiv:2502.16763)."""
 from jaxlab.ntk.empirical import choose_method, empirical_ntk
 from jaxlab.ntk.ensembles import (
     EnsembleResult,
@@ -12,6 +13,7 @@ from jaxlab.ntk.ensembles import (
 )
 from jaxlab.ntk.kernels import (
     Kernels,
+    fc_kernels,
     kernels_from_products,
     two_layer_kernels,
     two_layer_nngp,
@@ -39,7 +41,7 @@ from jaxlab.ntk.predict import GPPrediction, gp_predict, kernel_regression, two_
 __all__ = [
     "BitStatistics", "EnsembleResult", "GPPrediction", "Kernels", "PermutationTask",
     "apply_two_layer", "bit_statistics", "choose_method", "critical_ensemble_sizes",
-    "empirical_ntk", "ensemble_average", "gd_settings", "exact_recovery", "fit_power_law", "gp_predict", "grouped_ensemble_success", "hardest_input",
+    "empirical_ntk", "ensemble_average", "fc_kernels", "gd_settings", "exact_recovery", "fit_power_law", "gp_predict", "grouped_ensemble_success", "hardest_input",
     "init_two_layer", "kernel_regression", "kernels_from_products", "make_task",
     "nonzero_binary_inputs", "one_input_success", "required_ensemble_size",
     "required_size_from_critical", "round_bits", "success_curves", "train_ensemble",

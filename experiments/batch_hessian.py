@@ -92,6 +92,22 @@ def validate(config) -> None:
       raise ValueError(f"config key 'onthefly.fraction': {o.fraction}; allowed: in (0, 1]")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} held at once (see checks.param_memory).
+
+  The stability sweep trains a copy of the parameters per learning rate
+  (the grid of stability.lr_range_* at stability.points_per_octave, plus one
+  per stability.factors) as one vmapped program.
+  """
+  dim, classes = checks.MNIST1D_DIMS
+  st = config.stability
+  shapes = checks.mlp_shapes(dim, config.model.hidden_sizes, classes,
+                             activation=config.model.activation)
+  num_lrs = max(int(round(np.log2(st[f"lr_range_{opt}"][1] / st[f"lr_range_{opt}"][0])
+                          * st.points_per_octave)) + 1 for opt in OPTIMIZERS) + len(st.factors)
+  return {"model.hidden_sizes, stability.points_per_octave": checks.stacked(shapes, num_lrs)}
+
+
 def _losses(apply_fn):
   """(per-example ℓ, mean loss `(p, {x, y})`, weighted loss `(p, {x, y, w}) -> Σ w_i ℓ_i`).
 

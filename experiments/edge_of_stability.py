@@ -49,6 +49,15 @@ def validate(config) -> None:
   checks.positive(config, "sharpness.lanczos_iters")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} of the model main builds (see checks.param_memory)."""
+  dim, classes = checks.MNIST1D_DIMS
+  m = config.model
+  return {"model.hidden_sizes": checks.mlp_shapes(dim, m.hidden_sizes, classes,
+                                                  parametrization=m.parametrization,
+                                                  activation=m.activation)}
+
+
 def full_batch_losses(apply_fn, kind: str, num_classes: int):
   """(train-loop loss `(p, batch, key) -> (loss, aux)`, probe loss `(p, batch) -> loss`).
 

@@ -59,6 +59,21 @@ def validate(config) -> None:
                        f"most {key} ({n})")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} of the largest model of each sweep (see checks.param_memory).
+
+  The arms run one after another: the mixture and MNIST-1D arms at
+  model.hidden_sizes, the width sweep at widths × len(model.hidden_sizes).
+  """
+  m, mix = config.model, config.mixture
+  dim = max(mix.dim, checks.MNIST1D_DIMS[0] if config.mnist1d.enabled else 0)
+  classes = max(max(mix.num_classes), checks.MNIST1D_DIMS[1] if config.mnist1d.enabled else 0)
+  kw = dict(parametrization=m.parametrization, activation=m.activation)
+  widest = (max(config.widths),) * len(m.hidden_sizes)
+  return {"model.hidden_sizes": checks.mlp_shapes(dim, m.hidden_sizes, classes, **kw),
+          "widths": checks.mlp_shapes(mix.dim, widest, max(mix.num_classes), **kw)}
+
+
 def run_arm(config, ds, hidden_sizes, workdir: str) -> dict:
   """Trains one MLP, then measures the top Hessian eigenvalues and the SLQ density."""
   model = models.mlp(ds.input_dim, hidden_sizes, ds.num_classes,

@@ -83,6 +83,16 @@ def validate(config) -> None:
                      "allowed: 'scratch' when the noiseless arm is skipped")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} of the transformer each arm trains (see checks.param_memory)."""
+  t, m = config.task, config.model
+  model = ICLTransformer(num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
+                         max_points=t.n_points, normalize=m.normalize)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, t.n_points, t.dim)),
+                                             jnp.zeros((1, t.n_points))))
+  return {"model.num_layers, model.width, task.n_points": shapes}
+
+
 def arm_distribution(config, arm: str) -> tuple[float, float]:
   """(condition_number, noise_std) of an arm's prompts."""
   return {"noiseless": (1.0, 0.0), "noisy": (1.0, float(config.task.noise_std)),

@@ -96,6 +96,21 @@ def validate(config) -> None:
                      f"allowed: a divisor of train.num_steps ({config.train.num_steps})")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} held at once (see checks.param_memory).
+
+  main builds every width's model of a parametrization up front, and trains
+  one width's learning-rate grid as one vmapped program (a copy of the
+  parameters per learning rate).
+  """
+  dim, classes = checks.MNIST1D_DIMS
+  per_width = [checks.mlp_shapes(dim, (w,) * config.model.depth, classes,
+                                 activation=config.model.activation) for w in config.widths]
+  grid = checks.stacked(per_width[-1], len(config.lr_grid.log2_learning_rates))
+  return {"widths, model.depth, lr_grid.log2_learning_rates": {"widths": per_width,
+                                                               "lr_grid": grid}}
+
+
 def lr_multipliers(params: dict, parametrization: str, optimizer: str, width: int,
                    base_width: int) -> dict:
   """Per-leaf learning-rate factors s (1 at ``base_width``); see the module docstring.

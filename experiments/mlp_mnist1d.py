@@ -27,6 +27,15 @@ def validate(config) -> None:
   checks.divisible_by_devices(config, "train.batch_size")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} of the model main builds (see checks.param_memory)."""
+  dim, classes = checks.MNIST1D_DIMS
+  m = config.model
+  return {"model.hidden_sizes": checks.mlp_shapes(
+      dim, m.hidden_sizes, classes, parametrization=m.parametrization, normalize=m.normalize,
+      activation=m.activation)}
+
+
 def main(config, workdir: str) -> dict:
   validate(config)
   start = time.time()

@@ -63,6 +63,13 @@ def validate(config) -> None:
   checks.divisible_by_devices(config, "train.batch_size")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} of the arms' largest model (see checks.param_memory)."""
+  dim, classes = checks.MNIST1D_DIMS
+  return {"model.hidden_sizes": checks.mlp_shapes(dim, config.model.hidden_sizes, classes,
+                                                  normalize=True)}
+
+
 def build_tx(arm: str, name: str, learning_rate: float, weight_decay: float):
   """The arm's optimizer: base; base + NaP projection; base + decoupled weight decay."""
   base = optim.get(name, learning_rate=learning_rate)

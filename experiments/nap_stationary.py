@@ -46,6 +46,13 @@ def validate(config) -> None:
   checks.divisible_by_devices(config, "train.batch_size")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} of the model each arm builds (see checks.param_memory)."""
+  dim, classes = checks.MNIST1D_DIMS
+  return {"model.hidden_sizes": checks.mlp_shapes(dim, config.model.hidden_sizes, classes,
+                                                  normalize=True)}
+
+
 def run_arm(config, arm, ds, schedule, scale, workdir, seed):
   model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes, normalize=True)
   key_init, key_train = jax.random.split(jax.random.key(seed))

@@ -52,6 +52,23 @@ def validate(config) -> None:
       bad(key, config[key], "a float >= 0")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} of the largest finite-width chunk (see checks.param_memory).
+
+  `ntk.train_ensemble` trains `member_chunk` nets (at most finite_members,
+  rounded up to the device count) side by side, one (k, width) at a time.
+  """
+  from jaxlab.train import checks
+
+  if not config.finite_ks or not config.widths:
+    return {}
+  k, width = max(config.finite_ks), max(config.widths)
+  n_dev = jax.device_count()
+  chunk = -(-min(config.member_chunk, config.finite_members) // n_dev) * n_dev
+  shapes = jax.eval_shape(lambda: ntk.init_two_layer(jax.random.key(0), k, width, k))
+  return {"widths, finite_ks, member_chunk": checks.stacked(shapes, chunk)}
+
+
 def _scales(config):
   return dict(weight_std=config.weight_std, bias_std=config.bias_std,
               output_std=config.output_std)

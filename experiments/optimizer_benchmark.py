@@ -40,6 +40,12 @@ def validate(config) -> None:
   checks.divisible_by_devices(config, "batch_size")
 
 
+def param_shapes(config) -> dict:
+  """{keys: abstract params} of the model every run trains (see checks.param_memory)."""
+  dim, classes = checks.MNIST1D_DIMS
+  return {"model.hidden_sizes": checks.mlp_shapes(dim, config.model.hidden_sizes, classes)}
+
+
 def make_schedule(name: str, lr: float, num_steps: int, decay_fraction: float):
   if name == "constant":
     return schedules.linear_decay(lr, num_steps, end_value=lr)

@@ -17,12 +17,13 @@ import ast
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from jaxlab.train import io
+from jaxlab.train import checks, io
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _NOT_STUDIES = {"run", "__init__"}
@@ -51,10 +52,26 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
+    raise ValueError(f"--config: config file {path!r} defines no get_config(arg=None); allowed: "
+                     "a file like experiments/configs/mlp_mnist1d.py whose get_config returns "
+                     "a ConfigDict")
   config = module.get_config(arg or None)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(f"--config: get_config in {path!r} returned a {type(config).__name__}; "
+                     "allowed: an ml_collections.ConfigDict")
   if "study" not in config:
     raise ValueError(f"config {path!r} has no 'study' key")
   return config
+
+
+def _config_file(study: str) -> str:
+  """The config file that goes with a study (relative to the repository root)."""
+  return f"experiments/configs/{study}.py"
+
+
+_NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity",
+               "-infinity"}
 
 
 def _parse_value(key: str, text: str, old: Any) -> Any:
@@ -64,6 +81,8 @@ def _parse_value(key: str, text: str, old: Any) -> Any:
     except (ValueError, SyntaxError):
       return text
     return value if old is None else text
+  if isinstance(old, float) and text.strip().lower() in _NON_FINITE:
+    return float(text)  # parsed, so that the finiteness check names it
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
@@ -73,12 +92,49 @@ def _parse_value(key: str, text: str, old: Any) -> Any:
   return value
 
 
+def _check_elements(key: str, value: tuple, old: tuple) -> tuple:
+  """Tuple elements must have the types of the default's elements (ints stand in for floats).
+
+  An empty default accepts anything.
+  """
+  if not old:
+    return value
+  allowed = {type(v) for v in old}
+  out = []
+  for i, v in enumerate(value):
+    if type(v) not in allowed:
+      if float in allowed and type(v) is int:
+        v = float(v) if int not in allowed else v
+      else:
+        names = " or ".join(sorted(t.__name__ for t in allowed))
+        raise ValueError(
+            f"config key {key!r}: element {i} of {value!r} is {v!r} ({type(v).__name__}); "
+            f"allowed: a tuple of {names} like the default {old!r}")
+    out.append(v)
+  return tuple(out)
+
+
+def _check_study(old: str, value: Any) -> None:
+  """A config's `study` is fixed: its other keys are the ones that study reads."""
+  names = studies()
+  if value in names:
+    raise ValueError(
+        f"config key 'study': {value!r} cannot replace {old!r} by an override (the config's "
+        f"other keys are {old}'s, not {value}'s); allowed: {old!r}; to run {value}, use "
+        f"--config={_config_file(value)}")
+  raise ValueError(f"config key 'study': unknown study {value!r}; allowed: {old!r} (this config's "
+                   f"study; the studies are {list(names)}, each with its config file "
+                   f"{_config_file('NAME')})")
+
+
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Mapping[str, Any] | Sequence[str]) -> ml_collections.ConfigDict:
   """Applies `{"a.b": value}` or `["a.b=value", ...]` to a copy of `config`.
 
-  Raises ValueError for an unknown key (listing the allowed keys) or a value
-  whose type differs from the default's (ints are accepted for floats).
+  Raises ValueError for an unknown key (listing the allowed keys), a value
+  whose type differs from the default's (ints are accepted for floats), a
+  tuple element whose type is not among the default tuple's element types, or
+  a different `study` (each study has its own config file).
   """
   config = ml_collections.ConfigDict(config.to_dict())
   if not isinstance(overrides, Mapping):
@@ -108,9 +164,14 @@ def apply_overrides(config: ml_collections.ConfigDict,
       if isinstance(old, tuple) and isinstance(value, list):
         value = tuple(value)
       if type(value) is not type(old):
+        hint = " (a one-element tuple is written (x,))" if isinstance(old, tuple) else ""
         raise ValueError(
             f"config key {key!r}: got {value!r} ({type(value).__name__}), "
-            f"expected {type(old).__name__} (default {old!r})")
+            f"expected {type(old).__name__} (default {old!r}){hint}")
+      if isinstance(old, tuple):
+        value = _check_elements(key, value, old)
+      if key == "study" and value != old:
+        _check_study(old, value)
     with node.unlocked():
       node[leaf] = value
   return config
@@ -133,15 +194,72 @@ def study_module(config: ml_collections.ConfigDict):
   return importlib.import_module(f"experiments.{config.study}")
 
 
+def _missing_key_error(config: ml_collections.ConfigDict, error: Exception) -> ValueError | None:
+  """A ValueError naming the keys the study reads but the config lacks (None: not that)."""
+  cause = error.args[0] if isinstance(error, AttributeError) and error.args else error
+  if not isinstance(cause, KeyError) or not cause.args:
+    return None
+  quoted = re.search(r"'([^']+)'", str(cause.args[0]))
+  name = quoted.group(1) if quoted else str(cause.args[0])
+  missing = []
+  if os.path.exists(os.path.join(_HERE, "configs", f"{config.study}.py")):
+    reference = set(flat_keys(load_config(config.study)))
+    missing = sorted(reference - set(flat_keys(config)))
+  if not missing and name in flat_keys(config):
+    return None
+  name = next((k for k in missing if k == name or k.endswith("." + name)), name)
+  also = f" (keys of {_config_file(config.study)} missing here: {missing})" if missing else ""
+  return ValueError(
+      f"config key {name!r}: missing; study {config.study!r} reads it{also}; allowed: a config "
+      f"with the study's keys, e.g. --config={_config_file(config.study)}")
+
+
+def _study_checks(module, config: ml_collections.ConfigDict) -> None:
+  """The study's `validate`, then the parameter-memory estimate from its `param_shapes`."""
+  try:
+    if hasattr(module, "validate"):
+      module.validate(config)
+    shapes = module.param_shapes(config) if hasattr(module, "param_shapes") else None
+  except (AttributeError, KeyError) as e:
+    error = _missing_key_error(config, e)
+    if error is None:
+      raise
+    raise error from e
+  if shapes:
+    checks.param_memory(config, shapes)
+
+
+def prepare(spec: str | ml_collections.ConfigDict,
+            overrides: Mapping[str, Any] | Sequence[str] = ()
+            ) -> tuple[ml_collections.ConfigDict, Any]:
+  """Every check of a run, writing nothing: returns (locked config, study module).
+
+  Loads the config (`spec` is `path/NAME.py[:arg]` or a ConfigDict), applies the
+  overrides (known keys, the default's type, tuple element types, the same
+  study), checks every leaf (floats finite, seeds in checks.SEED_RANGE), runs
+  the study's `validate` (a key it reads but the config lacks is a ValueError
+  naming it), and, if the study has `param_shapes(config)`, refuses a model
+  whose parameters, gradients and optimizer state would not fit in memory
+  (`checks.param_memory`; shapes from `jax.eval_shape`, so nothing is
+  allocated or compiled). Raises ValueError naming the key, the value and
+  what is allowed.
+  """
+  config = load_config(spec) if isinstance(spec, str) else spec
+  if "study" not in config:
+    raise ValueError("config key 'study': missing; allowed: a config with a 'study' key naming "
+                     f"one of {list(studies())}")
+  config = apply_overrides(config, overrides)
+  checks.config_leaves(config)
+  module = study_module(config)
+  _study_checks(module, config)
+  config.lock()
+  return config, module
+
+
 def run(spec: str | ml_collections.ConfigDict, workdir: str,
         overrides: Mapping[str, Any] | Sequence[str] = ()) -> dict:
   """Runs a study: loads + checks the config, writes config.json, calls main."""
-  config = load_config(spec) if isinstance(spec, str) else spec
-  config = apply_overrides(config, overrides)
-  module = study_module(config)
-  if hasattr(module, "validate"):
-    module.validate(config)
-  config.lock()
+  config, module = prepare(spec, overrides)
   os.makedirs(workdir, exist_ok=True)
   io.write_json(os.path.join(workdir, "config.json"), config)
   return module.main(config, workdir)

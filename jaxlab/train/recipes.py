@@ -53,9 +53,10 @@ def check_optimizer_config(opt: Any, key: str = "optimizer") -> None:
         f"allowed: {list(optim.NAMES)}")
   lr = opt.learning_rate
   if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+    why = ", which is not finite" if isinstance(lr, numbers.Real) and not math.isfinite(lr) else ""
     raise ValueError(
-        f"config key '{key}.learning_rate': {lr!r}; allowed: a number > 0 that is finite "
-        "(not nan or inf; 1e999 is inf)")
+        f"config key '{key}.learning_rate': {lr!r}{why}; allowed: a number > 0 that is finite "
+        "(not nan or inf; 1e999 parses as inf)")
   if opt.schedule not in SCHEDULES:
     raise ValueError(f"config key '{key}.schedule': {opt.schedule!r}; allowed: {list(SCHEDULES)}")
   if opt.warmup_steps < 0:

@@ -98,6 +98,12 @@ def test_check_optimizer_config_rejects_bad_learning_rates(lr):
     recipes.check_optimizer_config(_opt(lr))
 
 
+@pytest.mark.parametrize("lr", [float("nan"), 1e999, -float("inf")])
+def test_check_optimizer_config_says_not_finite(lr):
+  with pytest.raises(ValueError, match=rf"'optimizer.learning_rate': {lr!r}, which is not finite"):
+    recipes.check_optimizer_config(_opt(lr))
+
+
 def test_check_optimizer_config_accepts_a_finite_positive_learning_rate():
   recipes.check_optimizer_config(_opt(3e-4))
   recipes.check_optimizer_config(_opt(np.float32(1e-3)))

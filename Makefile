@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 PEERS_STAMP := $(VENV)/.installed-peers
 RUN_CONFIG ?= experiments/configs/icl_linreg.py:quick
-RUN_WORKDIR ?= runs/icl_quick
+# Empty: the launcher writes to runs/NAME_ARG (e.g. runs/icl_linreg_quick).
+RUN_WORKDIR ?=
 
 .PHONY: run test repro bench lint clean
 
@@ -28,7 +29,7 @@ $(PEERS_STAMP): pyproject.toml | $(PY)
 
 ## make run: install and run the default study on its quick setting.
 run: $(STAMP)
-	$(PY) -m experiments.run --config=$(RUN_CONFIG) --workdir=$(RUN_WORKDIR)
+	$(PY) -m experiments.run --config=$(RUN_CONFIG) $(if $(RUN_WORKDIR),--workdir=$(RUN_WORKDIR))
 
 ## make test: install with dev extras and run the whole suite (repro tests skipped).
 test: $(DEV_STAMP)

@@ -1,7 +1,7 @@
 """In-context linear regression: a transformer vs least squares, ridge, GD and iterative Newton.
 
 Command:
-  python -m experiments.run --config=experiments/configs/icl_linreg.py:quick --workdir=runs/icl_quick
+  python -m experiments.run --config=experiments/configs/icl_linreg.py:quick --workdir=runs/icl_linreg_quick
   python -m experiments.run --config=experiments/configs/icl_linreg.py --workdir=runs/icl_full
 
 Options after the colon: `quick`. Overrides, e.g. `--config.arms.noisy=0` (skip

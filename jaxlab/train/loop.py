@@ -1,6 +1,7 @@
 """One readable training loop: jitted step, logging, eval, hooks, checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -13,6 +14,7 @@ import optax
 import tqdm
 
 from jaxlab.train import io, sharding
+from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.checkpoint import Checkpointer
 from jaxlab.train.step import LossFn, TrainState, init_state, make_train_step
 
@@ -39,6 +41,8 @@ class TrainResult(NamedTuple):
 
 class NonFiniteError(FloatingPointError):
   """A loss or gradient went NaN/inf; the message names the step."""
+
+  exit_code = 7
 
 
 def _check_positive(**kwargs: int) -> None:
@@ -111,7 +115,11 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
     eval_every, eval_fn: `eval_fn(params) -> dict` every `eval_every` steps and
       at the end.
     checkpoint_every: orbax checkpoint every so many steps and at the end
-      (0: none). A re-run on the same workdir resumes from the latest one.
+      (0: none). A re-run on the same workdir resumes from the newest step
+      that restores and verifies (see `Checkpointer.restore_verified`); the
+      metrics rows after it are dropped and recomputed, so the finished
+      workdir equals an uninterrupted run's. A log step's row is on disk
+      before its checkpoint is saved.
     hooks: objects with `every_steps` and `__call__(step, state) -> dict`; a
       hook with `updates_state = True` returns `(dict, new_state)` and the run
       continues from `new_state` (see :class:`Hook`).
@@ -120,9 +128,16 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
     inject_nan_at_step: test hook — the loss of step k becomes NaN.
     mesh: device mesh (default: all devices on one "data" axis).
 
+  The workdir is locked for the run (`jaxlab.train.workdir.lock`): a second
+  process on it stops at once.
+
   Raises:
     NonFiniteError: when a loss or gradient is non-finite; the message names
       the step and the metric, and checkpoints from before it stay on disk.
+    WorkdirError: the workdir or its checkpoints/ is not a usable directory.
+    WorkdirBusyError: another live process holds the workdir.
+    CheckpointError: checkpoints exist but none restores, or they hold a state
+      of another structure (a changed model or optimizer).
   """
   _check_positive(num_steps=num_steps, log_every=log_every, eval_every=eval_every,
                   checkpoint_every=checkpoint_every)
@@ -133,13 +148,28 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
   for h in hooks:
     if not getattr(h, "every_steps", 0) or h.every_steps < 1:
       raise ValueError(f"hook {h!r} needs an integer attribute every_steps ≥ 1")
+  if inject_nan_at_step is not None and (not isinstance(inject_nan_at_step, (int, np.integer))
+                                         or inject_nan_at_step < 1):
+    raise ValueError(f"inject_nan_at_step={inject_nan_at_step!r}; allowed: None or an update "
+                     "index ≥ 1 (updates are counted from 1)")
   mesh = sharding.data_mesh() if mesh is None else mesh
   first = batch_fn(0)
   sizes = {np.shape(x)[0] for x in jax.tree.leaves(first)}
   if len(sizes) != 1:
     raise ValueError(f"batch leaves must share their leading (batch) dimension; got {sizes}")
   sharding.check_batch_size(sizes.pop(), mesh)
+  with contextlib.ExitStack() as stack:
+    if workdir is not None:
+      stack.enter_context(workdir_lib.lock(workdir))
+    return _run(loss_fn, params, tx, batch_fn, num_steps=num_steps, key=key, workdir=workdir,
+                log_every=log_every, eval_every=eval_every, eval_fn=eval_fn,
+                checkpoint_every=checkpoint_every, hooks=hooks, lr_schedule=lr_schedule,
+                progress=progress, inject_nan_at_step=inject_nan_at_step, mesh=mesh, desc=desc)
 
+
+def _run(loss_fn, params, tx, batch_fn, *, num_steps, key, workdir, log_every, eval_every,
+         eval_fn, checkpoint_every, hooks, lr_schedule, progress, inject_nan_at_step, mesh,
+         desc) -> TrainResult:
   # The step donates the state: copy, so that the caller's params (and any
   # optimizer state aliasing them) survive. device_put alone may alias a shard.
   state = init_state(params, tx, key)
@@ -149,13 +179,30 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
   logger = io.MetricsLogger(workdir) if workdir else None
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), checkpoint_every) \
       if checkpoint_every else None
+  try:
+    return _loop(state, loss_fn, tx, batch_fn, logger, ckpt, num_steps=num_steps,
+                 log_every=log_every, eval_every=eval_every, eval_fn=eval_fn,
+                 checkpoint_every=checkpoint_every, hooks=hooks, lr_schedule=lr_schedule,
+                 progress=progress, inject_nan_at_step=inject_nan_at_step, mesh=mesh,
+                 desc=desc)
+  finally:
+    if ckpt is not None:
+      ckpt.close()
+
+
+def _loop(state, loss_fn, tx, batch_fn, logger, ckpt, *, num_steps, log_every, eval_every,
+          eval_fn, checkpoint_every, hooks, lr_schedule, progress, inject_nan_at_step, mesh,
+          desc) -> TrainResult:
   history: list[dict] = []
   start = 0
-  if ckpt is not None and ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    start = int(state.step)
-    logger.resume_from(start)
-    history = io.read_jsonl(logger.path) if os.path.exists(logger.path) else []
+  restored = ckpt.restore_verified(state) if ckpt is not None else None
+  if restored is not None:
+    state, start = restored, int(restored.step)
+    if start > num_steps:
+      raise ValueError(f"num_steps={num_steps}, but the checkpoint in {ckpt.directory} is at "
+                       f"step {start}; allowed: num_steps ≥ {start} (or another workdir)")
+    # Rows after the checkpoint belong to work the kill threw away.
+    history = logger.resume_from(start)
   elif logger is not None:
     logger.reset()
 
@@ -213,16 +260,16 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
         else:
           out = h(s, state)
         row.update({k: float(v) for k, v in out.items()})
+      row = {"step": s, **row}
+      history.append(row)
+      # The row is on disk before its checkpoint: a resume from step s finds
+      # every row up to s, and drops rows written after its checkpoint.
+      if logger is not None:
+        logger.write(s, row)
       if do_ckpt:
         ckpt.save(s, state)
         last_saved = s
-      row = {"step": s, **row}
-      history.append(row)
-      if logger is not None:
-        logger.write(s, row)
       bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
   finally:
     bar.close()
-    if ckpt is not None:
-      ckpt.close()
   return TrainResult(state, history)

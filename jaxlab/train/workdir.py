@@ -1,0 +1,153 @@
+"""One process per workdir, and the config that made it.
+
+`lock(workdir)` makes sure one process at a time writes a workdir: a second
+process stops at once with `WorkdirBusyError` naming the holder's pid. The
+lock is an advisory `flock` on `workdir/.lock`, which the kernel releases when
+its holder dies, so a lock left by a killed run (a dead pid in the file) is
+simply taken over. The lock is re-entrant within one process (a study locks
+its workdir and the train loop locks its sub-workdirs or the same one).
+
+`check_config(workdir, config)` compares a run's config with the one recorded
+in `workdir/config.json` and refuses a different one, listing the changed keys
+with their old and new values; keys whose last part is in `VOLATILE_KEYS`
+(display only, e.g. progress bars) may change freely.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+from typing import Any, Iterator, Mapping
+
+from jaxlab.train import io
+from jaxlab.train.errors import ConfigChangedError, WorkdirBusyError, WorkdirError
+
+LOCK_NAME = ".lock"
+CONFIG_NAME = "config.json"
+CHANGES_NAME = "config_changes.jsonl"
+VOLATILE_KEYS = frozenset({"progress"})
+_held: dict[str, list] = {}  # realpath -> [fd, depth]
+
+
+def ensure_dir(path: str, what: str = "workdir") -> str:
+  """Makes `path` a writable directory, or raises WorkdirError naming it."""
+  if os.path.lexists(path) and not os.path.isdir(path):
+    raise WorkdirError(f"{what} {path!r} exists and is not a directory; allowed: a directory "
+                       "or a path that does not exist yet")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"{what} {path!r} cannot be created: {e.strerror}") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(f"{what} {path!r} is not writable by this user")
+  return path
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[str]:
+  """Holds `workdir`'s lock for the `with` block (creating the directory)."""
+  ensure_dir(workdir)
+  key = os.path.realpath(workdir)
+  if key in _held:
+    _held[key][1] += 1
+    try:
+      yield workdir
+    finally:
+      _held[key][1] -= 1
+    return
+  path = os.path.join(workdir, LOCK_NAME)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise WorkdirError(f"cannot open the lock file {path!r}: {e.strerror}") from None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "unknown"
+    os.close(fd)
+    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      raise WorkdirBusyError(
+          f"workdir {workdir!r} is in use by another process ({holder}; lock file {path}); "
+          "wait for it to finish, stop it, or use another --workdir") from None
+    raise WorkdirError(f"cannot lock {path!r}: {e.strerror}") from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+  _held[key] = [fd, 1]
+  try:
+    yield workdir
+  finally:
+    _held[key][1] -= 1
+    if not _held[key][1]:
+      del _held[key]
+      os.close(fd)  # releases the flock; the file stays (it names the last holder)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def _comparable(config: Any) -> dict[str, Any]:
+  flat = _flatten(io.to_python(config))
+  return {k: v for k, v in flat.items() if k.rpartition(".")[2] not in VOLATILE_KEYS}
+
+
+def fingerprint(config: Any) -> str:
+  """A short hash of the config without its volatile keys (same config ⇒ same hash)."""
+  text = json.dumps(_comparable(config), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_changes(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
+  """`{key: (old, new)}` for every non-volatile key that differs ("<absent>" if missing)."""
+  a, b = _comparable(old), _comparable(new)
+  missing = "<absent>"
+  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+          if a.get(k, missing) != b.get(k, missing)}
+
+
+def check_config(workdir: str, config: Any, *, allow_change: bool = False,
+                 flag: str = "--allow_config_change") -> dict[str, tuple[Any, Any]]:
+  """Records `config` in `workdir/config.json`, refusing a changed one.
+
+  A workdir without config.json takes the config. One with the same config
+  (volatile keys aside) is resumed. A different one raises ConfigChangedError
+  listing each changed key, its old and its new value, before anything is
+  written, unless `allow_change`: then the change is appended to
+  `config_changes.jsonl` (time, fingerprints, keys) and config.json holds the
+  new config. Returns the changes.
+  """
+  path = os.path.join(workdir, CONFIG_NAME)
+  changes: dict[str, tuple[Any, Any]] = {}
+  if os.path.exists(path):
+    old = io.read_json(path)
+    changes = config_changes(old, config)
+    if changes and not allow_change:
+      lines = "\n".join(f"  {k}: {o!r} -> {n!r}" for k, (o, n) in changes.items())
+      raise ConfigChangedError(
+          f"workdir {workdir!r} was made by a different config ({len(changes)} key"
+          f"{'s' if len(changes) > 1 else ''} changed, old -> new):\n{lines}\n"
+          f"Use another --workdir to start fresh, or pass {flag} to continue this "
+          "run from its last checkpoint under the new config (recorded in "
+          f"{CHANGES_NAME}).")
+    if changes:
+      rows = []
+      log_path = os.path.join(workdir, CHANGES_NAME)
+      if os.path.exists(log_path):
+        rows = io.read_jsonl(log_path)
+      rows.append({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                   "old_fingerprint": fingerprint(old), "new_fingerprint": fingerprint(config),
+                   "changes": {k: list(v) for k, v in changes.items()}})
+      io.atomic_write(log_path, "".join(json.dumps(io.to_python(r)) + "\n" for r in rows))
+  if not os.path.exists(path) or changes or io.read_json(path) != io.to_python(config):
+    io.write_json(path, config)
+  return changes

@@ -39,11 +39,15 @@ def validate(config) -> None:
               "train.log_every_steps", "spectrum.lanczos_iters", "spectrum.top_k",
               "spectrum.hessian_examples", "spectrum.density_iters", "spectrum.density_draws"):
     checks.positive(config, key)
+  if config.mixture.num_train < max(config.mixture.num_classes):
+    raise ValueError(f"config key 'mixture.num_train': {config.mixture.num_train}; allowed: at "
+                     f"least max(mixture.num_classes) = {max(config.mixture.num_classes)}")
   _positive_ints(config, "model.hidden_sizes", config.model.hidden_sizes)
   _positive_ints(config, "widths", config.widths)
   checks.choice(config, "model.activation", models.ACTIVATIONS)
   checks.choice(config, "model.parametrization", models.PARAMETRIZATIONS)
   recipes.check_optimizer_config(config.optimizer)
+  checks.warmup_below(config, "optimizer.warmup_steps", "train.num_steps")
   if config.spectrum.top_k < 2 * max(config.mixture.num_classes) + 2:
     raise ValueError(f"config key 'spectrum.top_k': {config.spectrum.top_k}; allowed: at least "
                      f"2·max(C) + 2 = {2 * max(config.mixture.num_classes) + 2} so the bulk is seen")

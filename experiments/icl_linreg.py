@@ -75,6 +75,7 @@ def validate(config) -> None:
       raise ValueError(f"config key 'eval.weight_contexts': {config.eval.weight_contexts}; "
                        f"allowed: values < task.n_points={config.task.n_points}")
   recipes.check_optimizer_config(config.optimizer)
+  checks.warmup_below(config, "optimizer.warmup_steps", *(f"arms.{a}" for a in ARMS))
   checks.divisible_by_devices(config, "train.batch_size")
   checks.choice(config, "arms_init", ("scratch", "noiseless"))
   if config.arms_init == "noiseless" and not config.arms.noiseless \

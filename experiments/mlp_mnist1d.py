@@ -24,6 +24,8 @@ def validate(config) -> None:
     checks.positive(config, f"train.{key}")
   for key in ("eval_every_steps", "checkpoint_every_steps"):
     checks.positive(config, f"train.{key}", allow_zero=True)
+  checks.mnist1d_samples(config, "data", "train.batch_size")
+  checks.warmup_below(config, "optimizer.warmup_steps", "train.num_steps")
   checks.divisible_by_devices(config, "train.batch_size")
 
 

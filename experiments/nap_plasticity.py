@@ -32,6 +32,7 @@ NORMALIZED = {"plain": False, "norm": True, "nap": True, "wd": False}
 def validate(config) -> None:
   checks.positive(config, "data.num_samples")
   checks.positive(config, "data.num_train")
+  checks.mnist1d_samples(config, "data")
   if config.data.num_train > 0.8 * config.data.num_samples:
     raise ValueError(f"config key 'data.num_train': {config.data.num_train}; allowed: ≤ "
                      f"{int(0.8 * config.data.num_samples)} (the training split of "

@@ -43,6 +43,7 @@ def validate(config) -> None:
   for key in ("num_steps", "batch_size", "log_every_steps", "eval_every_steps"):
     checks.positive(config, f"train.{key}")
   checks.positive(config, "train.checkpoint_every_steps", allow_zero=True)
+  checks.mnist1d_samples(config, "data", "train.batch_size")
   checks.divisible_by_devices(config, "train.batch_size")
 
 

@@ -37,6 +37,7 @@ def validate(config) -> None:
   if not 0 < config.wsd_decay_fraction < 1:
     raise ValueError(f"config key 'wsd_decay_fraction': {config.wsd_decay_fraction}; "
                      "allowed: 0 < x < 1")
+  checks.mnist1d_samples(config, "data", "batch_size")
   checks.divisible_by_devices(config, "batch_size")
 
 

@@ -48,13 +48,45 @@ def positive_sizes(config: Any, key: str) -> None:
     raise ValueError(f"config key {key!r}: {value!r}; allowed: a non-empty tuple of positive ints")
 
 
+def warmup_below(config: Any, warmup_key: str, *steps_keys: str) -> None:
+  """`warmup_key` < every `steps_keys` value > 0 (a schedule warms up, then decays)."""
+  warmup = _get(config, warmup_key)
+  for key in steps_keys:
+    steps = _get(config, key)
+    if steps > 0 and not warmup < steps:
+      raise ValueError(f"config key {warmup_key!r}: {warmup}; allowed: fewer than {key} "
+                       f"({steps}) steps")
+
+
+def mnist1d_train_size(num_samples: int, fraction: float = 0.8) -> int:
+  """Training signals of `jaxlab.data.mnist1d(num_samples)`: MNIST-1D makes whole rounds
+  of its 10 classes (num_samples // 10 of each) and trains on the first `fraction`."""
+  return int(fraction * (num_samples // 10) * 10)
+
+
+def mnist1d_samples(config: Any, prefix: str = "data", batch_key: str | None = None) -> None:
+  """`{prefix}.num_samples` makes an MNIST-1D data set (at least one signal per class),
+  and a batch of `batch_key` fits in its training split."""
+  total = _get(config, f"{prefix}.num_samples")
+  if total < 10:
+    raise ValueError(f"config key '{prefix}.num_samples': {total}; allowed: at least 10 (one "
+                     "MNIST-1D signal per class)")
+  if batch_key is not None:
+    size, batch = mnist1d_train_size(total), _get(config, batch_key)
+    if batch > size:
+      raise ValueError(f"config key {batch_key!r}: {batch}; allowed: at most the {size} training "
+                       f"signals of {prefix}.num_samples={total}")
+
+
 def train_split(config: Any, prefix: str = "data", fraction: float = 0.8) -> None:
   """`{prefix}.num_train` must fit in the train split (the first `fraction`) of
   `{prefix}.num_samples`, as `jaxlab.data.mnist1d` splits them."""
+  mnist1d_samples(config, prefix)
   n, total = _get(config, f"{prefix}.num_train"), _get(config, f"{prefix}.num_samples")
-  if n > fraction * total:
-    raise ValueError(f"config key '{prefix}.num_train': {n}; allowed: at most {fraction:g} × "
-                     f"{prefix}.num_samples ({total}, the train split)")
+  if n > mnist1d_train_size(total, fraction):
+    raise ValueError(f"config key '{prefix}.num_train': {n}; allowed: at most "
+                     f"{mnist1d_train_size(total, fraction)}, the train split ({fraction:g}) of "
+                     f"{prefix}.num_samples={total} in whole rounds of the 10 classes")
 
 
 # Seeds: JAX takes any int64 (`jax.random.key`; int32 once traced without

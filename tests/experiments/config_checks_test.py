@@ -40,9 +40,20 @@ def _main_fails(tmp_path, config, args, match):
     (MLP, f"seed={2**70}", rf"'seed': {2**70} is not a valid seed"),
     (MLP, f"seed={2**31}", rf"'seed': {2**31} is not a valid seed"),
     (MLP, "data.data_seed=-1", r"'data.data_seed': -1 is not a valid seed"),
+    # Found by running each study's main on edge values: these failed after config.json.
+    (MLP, "data.num_samples=5", r"'data.num_samples': 5; allowed: at least 10"),
+    (MLP, "data.num_samples=100", r"'train.batch_size': 128; allowed: at most the 80 training"),
+    (BENCH, "data.num_samples=100", r"'batch_size': 128; allowed: at most the 80 training"),
+    ("experiments/configs/edge_of_stability.py:quick", "data.num_samples=13;data.num_train=10",
+     r"'data.num_train': 10; allowed: at most 8"),
+    ("experiments/configs/hessian_outliers.py:quick", "mixture.num_train=3;train.batch_size=2",
+     r"'mixture.num_train': 3; allowed: at least max\(mixture.num_classes\) = 10"),
+    ("experiments/configs/icl_linreg.py:quick", "arms.noisy=100",
+     r"'optimizer.warmup_steps': 200; allowed: fewer than arms.noisy \(100\)"),
+    (MLP, "optimizer.warmup_steps=1500", r"'optimizer.warmup_steps': 1500; allowed: fewer than"),
 ])
 def test_bad_override_refused_before_compile_or_write(tmp_path, compiles, config, arg, match):
-  _main_fails(tmp_path, config, [f"--config.{arg}"], match)
+  _main_fails(tmp_path, config, [f"--config.{a}" for a in arg.split(";")], match)
   assert compiles == []
 
 

@@ -23,10 +23,28 @@ rates (input and readout weights and the √n biases ∝ 1/√n, hidden weights
 
 With `normalize=True` a LayerNorm (scale and offset) is applied to every
 hidden pre-activation, before the nonlinearity.
+
+Infinite-width kernels. `weight_std=σ_w, bias_std=σ_b` (standard and ntk only)
+switch to neural-tangents' convention: σ_w replaces the gain in every layer,
+the readout included, and biases start at N(0, 1) × σ_b (ntk: multiplier σ_b;
+standard: init std σ_b, multiplier 1). `mlp(d, (n,) * L, O, parametrization=
+"ntk", weight_std=σ_w, bias_std=σ_b)` is then `stax.serial(*[Dense(σ_w, σ_b,
+parameterization="ntk"), act] * L, Dense(σ_w, σ_b))`, and its empirical NTK
+converges, like 1/√n, to `jaxlab.ntk.fc_kernels(depth=L, weight_std=σ_w,
+bias_std=σ_b)`. The default (both None) is a different net with the same
+function at init as "standard": hidden gain √2 (ReLU) but readout gain 1, and
+biases that start at zero yet train with multiplier 1, so its NNGP has no bias
+term while every bias adds 1 to its NTK. Its limit is therefore no
+`fc_kernels` (nor `two_layer_ntk`, the permutation study's net with a N(0, 1)
+hidden bias and no readout bias): measured at width 4,096 its empirical NTK is
+0.65 (one hidden layer) and 1.23 (two) away, relative, from `two_layer_ntk`,
+and 0.73 and 0.51 from `fc_kernels(weight_std=√2, bias_std=0)` (six Gaussian
+inputs, d = 5).
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -43,13 +61,17 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 class ScaledDense(nn.Module):
-  """y = multiplier · x @ kernel + bias_multiplier · bias, kernel ~ N(0, init_std²), bias = 0."""
+  """y = multiplier · x @ kernel + bias_multiplier · bias.
+
+  kernel ~ N(0, init_std²), bias ~ N(0, bias_init_std²) (zero by default).
+  """
 
   features: int
   init_std: float
   multiplier: float = 1.0
   use_bias: bool = True
   bias_multiplier: float = 1.0
+  bias_init_std: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -57,7 +79,9 @@ class ScaledDense(nn.Module):
                         (x.shape[-1], self.features))
     y = self.multiplier * (x @ kernel)
     if self.use_bias:
-      bias = self.param("bias", nn.initializers.zeros, (self.features,))
+      init = (nn.initializers.normal(self.bias_init_std) if self.bias_init_std > 0
+              else nn.initializers.zeros)
+      bias = self.param("bias", init, (self.features,))
       y = y + self.bias_multiplier * bias[None, :]
     return y
 
@@ -69,9 +93,11 @@ def bias_multiplier(parametrization: str, fan_out: int, kind: str) -> float:
 
 def layer_scales(parametrization: str, fan_in: int, fan_out: int, kind: str,
                  gain: float) -> tuple[float, float]:
-  """(init_std, multiplier) of one layer's kernel; kind in {"input", "hidden", "readout"}."""
-  if kind == "readout":
-    gain = 1.0
+  """(init_std, multiplier) of one layer's kernel; kind in {"input", "hidden", "readout"}.
+
+  `gain` is σ_w of this layer (the MLP passes 1 for its readout unless
+  weight_std is set); mup's readout ignores it.
+  """
   if parametrization == "standard":
     return gain / math.sqrt(fan_in), 1.0
   if parametrization == "ntk":
@@ -94,6 +120,10 @@ class MLP(nn.Module):
     parametrization: "standard", "ntk" or "mup" (see the module docstring).
     normalize: LayerNorm on each hidden pre-activation, before the nonlinearity.
     activation: name in ACTIVATIONS.
+    weight_std: None (gain √2 for ReLU hidden layers, 1 otherwise and for the
+      readout) or σ_w for every layer (neural-tangents' convention).
+    bias_std: None (biases start at zero, multiplier 1) or σ_b: biases start
+      at N(0, 1) with multiplier σ_b (ntk) or at N(0, σ_b²) (standard).
   """
 
   hidden_sizes: Sequence[int]
@@ -101,24 +131,37 @@ class MLP(nn.Module):
   parametrization: str = "standard"
   normalize: bool = False
   activation: str = "relu"
+  weight_std: float | None = None
+  bias_std: float | None = None
+
+  def _bias_args(self, fan_out: int, kind: str) -> dict:
+    if self.bias_std is None:
+      return dict(bias_multiplier=bias_multiplier(self.parametrization, fan_out, kind))
+    if self.parametrization == "ntk":
+      return dict(bias_multiplier=self.bias_std, bias_init_std=1.0)
+    return dict(bias_init_std=self.bias_std)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     act = ACTIVATIONS[self.activation]
-    gain = math.sqrt(2.0) if self.activation == "relu" else 1.0
+    if self.weight_std is None:
+      gain, readout_gain = (math.sqrt(2.0) if self.activation == "relu" else 1.0), 1.0
+    else:
+      gain = readout_gain = self.weight_std
     hidden = []
     h = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.hidden_sizes):
       kind = "input" if i == 0 else "hidden"
       std, mult = layer_scales(self.parametrization, h.shape[-1], width, kind, gain)
-      h = ScaledDense(width, std, mult, bias_multiplier=bias_multiplier(
-          self.parametrization, width, kind), name=f"dense_{i}")(h)
+      h = ScaledDense(width, std, mult, **self._bias_args(width, kind), name=f"dense_{i}")(h)
       if self.normalize:
         h = nn.LayerNorm(name=f"norm_{i}")(h)
       h = act(h)
       hidden.append(h)
-    std, mult = layer_scales(self.parametrization, h.shape[-1], self.num_outputs, "readout", gain)
-    out = ScaledDense(self.num_outputs, std, mult, name="readout")(h)
+    std, mult = layer_scales(self.parametrization, h.shape[-1], self.num_outputs, "readout",
+                             readout_gain)
+    out = ScaledDense(self.num_outputs, std, mult, **self._bias_args(self.num_outputs, "readout"),
+                      name="readout")(h)
     return out, tuple(hidden)
 
 
@@ -131,10 +174,16 @@ class Model(NamedTuple):
 
 def mlp(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int, *,
         parametrization: str = "standard", normalize: bool = False,
-        activation: str = "relu") -> Model:
+        activation: str = "relu", weight_std: float | None = None,
+        bias_std: float | None = None) -> Model:
   """Builds an MLP as a pure `(init, apply)` pair.
 
   `apply(params, x)` returns `(logits, {"hidden": (h_1, ..., h_L)})`.
+  `weight_std`, `bias_std` (standard and ntk only; see the module docstring):
+  neural-tangents' σ_w, σ_b in every layer; with parametrization="ntk" the
+  infinite-width NTK is `jaxlab.ntk.fc_kernels(depth=len(hidden_sizes),
+  weight_std=weight_std, bias_std=bias_std)`. The default None keeps the
+  He-gain, zero-bias net, whose limit that is not.
 
   Example:
     >>> model = mlp(40, (64, 64), 10, parametrization="mup")
@@ -149,7 +198,18 @@ def mlp(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int, *,
     raise ValueError(
         f"mlp sizes must be positive: input_dim={input_dim}, hidden_sizes={tuple(hidden_sizes)}, "
         f"num_outputs={num_outputs}")
-  module = MLP(tuple(hidden_sizes), num_outputs, parametrization, normalize, activation)
+  for name, value in (("weight_std", weight_std), ("bias_std", bias_std)):
+    if value is None:
+      continue
+    if parametrization == "mup":
+      raise ValueError(f"{name}={value!r} with parametrization='mup': only 'standard' and 'ntk' "
+                       "take neural-tangents' weight_std/bias_std; leave it None")
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value)
+                                       and value >= 0):
+      raise ValueError(f"{name}={value!r}: must be None or a finite number >= 0")
+  module = MLP(tuple(hidden_sizes), num_outputs, parametrization, normalize, activation,
+               None if weight_std is None else float(weight_std),
+               None if bias_std is None else float(bias_std))
 
   def init(key: jax.Array) -> dict:
     return module.init(key, jnp.zeros((1, input_dim), jnp.float32))["params"]

@@ -38,6 +38,43 @@ def test_standard_and_ntk_define_the_same_function_distribution():
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def _numpy_forward(params, x, sw, sb, depth):
+  """neural-tangents' NTK-parametrized Dense stack: sw/sqrt(fan_in) x W + sb b, relu between."""
+  h = np.asarray(x, np.float64)
+  names = [f"dense_{i}" for i in range(depth)] + ["readout"]
+  for i, name in enumerate(names):
+    w, b = (np.asarray(params[name][k], np.float64) for k in ("kernel", "bias"))
+    h = sw / np.sqrt(h.shape[1]) * h @ w + sb * b[None, :]
+    if i < depth:
+      h = np.maximum(h, 0.0)
+  return h
+
+
+def test_weight_and_bias_std_follow_neural_tangents_convention():
+  model = models.mlp(6, (32, 16), 3, parametrization="ntk", weight_std=1.4, bias_std=0.3)
+  params = model.init(jax.random.key(0))
+  # Biases start at N(0, 1) (the multiplier carries sigma_b), so they are not zero.
+  b = np.concatenate([np.asarray(params[k]["bias"]) for k in ("dense_0", "dense_1")])
+  assert 0.6 < b.std() < 1.4, b.std()  # 48 draws of N(0, 1)
+  x = jax.random.normal(jax.random.key(1), (5, 6))
+  out, _ = model.apply(params, x)
+  np.testing.assert_allclose(out, _numpy_forward(params, x, 1.4, 0.3, 2), rtol=1e-5, atol=1e-5)
+  # The standard parametrization with the same stds is the same function at init.
+  std = models.mlp(6, (32, 16), 3, parametrization="standard", weight_std=1.4, bias_std=0.3)
+  np.testing.assert_allclose(std.apply(std.init(jax.random.key(0)), x)[0], out,
+                             rtol=1e-4, atol=1e-5)
+  # The default is unchanged: zero biases, gain sqrt(2) hidden and 1 at the readout.
+  default = models.mlp(6, (32, 16), 3, parametrization="ntk")
+  p0 = default.init(jax.random.key(0))
+  assert all(float(jnp.abs(p0[k]["bias"]).max()) == 0.0 for k in p0)
+  h = np.asarray(x, np.float64)
+  for i, name in enumerate(("dense_0", "dense_1", "readout")):
+    gain = 1.0 if name == "readout" else np.sqrt(2.0)
+    h = gain / np.sqrt(h.shape[1]) * h @ np.asarray(p0[name]["kernel"], np.float64)
+    h = np.maximum(h, 0.0) if i < 2 else h
+  np.testing.assert_allclose(default.apply(p0, x)[0], h, rtol=1e-5, atol=1e-5)
+
+
 def test_normalize_applies_layer_norm_before_the_nonlinearity():
   model = models.mlp(8, (16,), 2, normalize=True, activation="identity")
   params = model.init(jax.random.key(0))
@@ -56,6 +93,10 @@ def test_bad_arguments():
     models.mlp(4, (8,), 2, activation="swish")
   with pytest.raises(ValueError, match="hidden_sizes=\\(0,\\)"):
     models.mlp(4, (0,), 2)
+  with pytest.raises(ValueError, match="weight_std=1.0 with parametrization='mup'"):
+    models.mlp(4, (8,), 2, parametrization="mup", weight_std=1.0)
+  with pytest.raises(ValueError, match="bias_std=-0.5"):
+    models.mlp(4, (8,), 2, parametrization="ntk", bias_std=-0.5)
 
 
 def _one_step_feature_change(parametrization, width, which):

@@ -163,13 +163,15 @@ def apply_overrides(config: ml_collections.ConfigDict,
         value = float(value)
       if isinstance(old, tuple) and isinstance(value, list):
         value = tuple(value)
+      if isinstance(old, list) and isinstance(value, tuple):
+        value = list(value)
       if type(value) is not type(old):
         hint = " (a one-element tuple is written (x,))" if isinstance(old, tuple) else ""
         raise ValueError(
             f"config key {key!r}: got {value!r} ({type(value).__name__}), "
             f"expected {type(old).__name__} (default {old!r}){hint}")
-      if isinstance(old, tuple):
-        value = _check_elements(key, value, old)
+      if isinstance(old, (tuple, list)):
+        value = type(old)(_check_elements(key, tuple(value), tuple(old)))
       if key == "study" and value != old:
         _check_study(old, value)
     with node.unlocked():
@@ -201,12 +203,16 @@ def _missing_key_error(config: ml_collections.ConfigDict, error: Exception) -> V
     return None
   quoted = re.search(r"'([^']+)'", str(cause.args[0]))
   name = quoted.group(1) if quoted else str(cause.args[0])
-  missing = []
+  have = set(flat_keys(config))
   if os.path.exists(os.path.join(_HERE, "configs", f"{config.study}.py")):
-    reference = set(flat_keys(load_config(config.study)))
-    missing = sorted(reference - set(flat_keys(config)))
-  if not missing and name in flat_keys(config):
-    return None
+    # The study's own config file has every key it reads: report what this one lacks.
+    missing = sorted(set(flat_keys(load_config(config.study))) - have)
+    if not missing:
+      return None  # not a missing key: some other lookup failed
+  else:
+    missing = []
+    if name in have or any(k.startswith(name + ".") for k in have):
+      return None
   name = next((k for k in missing if k == name or k.endswith("." + name)), name)
   also = f" (keys of {_config_file(config.study)} missing here: {missing})" if missing else ""
   return ValueError(

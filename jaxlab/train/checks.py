@@ -138,27 +138,27 @@ def config_leaves(config: Any) -> None:
 # The memory check. A study's `param_shapes(config)` returns
 # `{"key[, key...]": params}`: for each model it builds, the config key(s) that
 # set its size and its abstract parameters (`jax.eval_shape` of the model's
-# init, a leading axis for copies trained side by side: vmapped learning rates
-# or ensemble members). Models listed separately are built one after another,
-# so the peak is the largest entry. Each parameter is counted
-# PARAM_MEMORY_MULTIPLIER times: the parameters, their gradients and two
-# optimizer moments (Adam's m and v; SGD needs less, M-FAC's gradient history
-# more). Activations, data and Lanczos bases are not counted: the estimate is
-# the floor of what the run needs, so a refused run could not have fitted.
+# init: no allocation, no compile; a leading axis for copies trained side by
+# side, such as vmapped learning rates or ensemble members). Models listed
+# separately are built one after another, so the peak is the largest entry.
+# Each parameter is counted PARAM_MEMORY_MULTIPLIER = 4 times: the parameters,
+# their gradients and Adam's two moments (plain SGD needs 2, M-FAC's gradient
+# history far more). Activations, data and Lanczos bases are not counted. It
+# is an estimate, meant to refuse sizes that are far out of reach (a typo, an
+# extra zero) before minutes of compiling, not to find the largest that fits.
 PARAM_MEMORY_MULTIPLIER = 4
 
 # (input length, classes) of `jaxlab.data.mnist1d`, known without generating it.
 MNIST1D_DIMS = (40, 10)
 
 
-def mlp_shapes(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int, copies: int = 0,
+def mlp_shapes(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int,
                **kwargs: Any) -> Any:
-  """Abstract parameters of `jaxlab.models.mlp(...)`; `copies` > 0 adds a leading axis."""
+  """Abstract parameters of `jaxlab.models.mlp(...)` (traced, never allocated)."""
   from jaxlab import models
 
   model = models.mlp(input_dim, tuple(hidden_sizes), num_outputs, **kwargs)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0)))
-  return stacked(shapes, copies) if copies else shapes
+  return jax.eval_shape(lambda: model.init(jax.random.key(0)))
 
 
 def stacked(shapes: Any, copies: int) -> Any:
@@ -167,6 +167,7 @@ def stacked(shapes: Any, copies: int) -> Any:
 
 
 def tree_bytes(shapes: Any) -> int:
+  """Bytes of a pytree of arrays or ShapeDtypeStructs."""
   return sum(math.prod(s.shape) * np.dtype(s.dtype).itemsize for s in jax.tree.leaves(shapes))
 
 

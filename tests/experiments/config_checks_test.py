@@ -94,6 +94,8 @@ def test_missing_key_read_by_validate_is_named(tmp_path):
   _main_fails(tmp_path, str(path), [],
               r"config key 'arms': missing; study 'nap_stationary' reads it.*"
               r"'schedule.power'.*--config=experiments/configs/nap_stationary.py")
+  # A failed lookup that is not a missing config key is not disguised as one.
+  assert run._missing_key_error(run.load_config(MLP), KeyError("'adamm'")) is None
   spec = ml_collections.ConfigDict({"seed": 0})
   with pytest.raises(ValueError, match="config key 'study': missing"):
     run.prepare(spec)

@@ -136,6 +136,40 @@ def _recursion(s12, s11, s22, same, activation, layers):
   return Kernels(nngp=s12, ntk=t12)
 
 
+def _mix(h):
+  """murmur3's 32-bit finalizer: every input bit flips about half the output bits."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _fingerprint(x):
+  """A 32-bit fingerprint of each row's bit pattern; equal rows get equal ones
+  (unsigned sums wrap exactly, so the reduction order does not matter)."""
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(x.shape[0], -1)
+  pos = _mix(jnp.arange(bits.shape[1], dtype=jnp.uint32) * jnp.uint32(0x9E3779B9))
+  return jnp.sum(_mix(bits ^ pos[None, :]), axis=1, dtype=jnp.uint32)
+
+
+def _same_rows(x1, x2):
+  """(N1, N2) bool, True exactly where x1[i] == x2[j] (no false positives).
+
+  Rows with equal fingerprints are checked against one representative, the
+  first row of x2 with that fingerprint; O(N1 N2 + (N1 + N2) d), where a
+  direct comparison of all pairs costs O(N1 N2 d) (10x the kernel itself). A
+  fingerprint collision can only hide a match (that entry then goes through
+  arccos, as for distinct inputs).
+  """
+  eq = _fingerprint(x1)[:, None] == _fingerprint(x2)[None, :]
+  first = jnp.argmax(eq, axis=1)  # per x1 row: the first x2 row with its fingerprint
+  rep2 = first[jnp.argmax(eq, axis=0)]  # per x2 row: the same representative
+  ok1 = jnp.all(x1 == x2[first], axis=1)
+  ok2 = jnp.all(x2 == x2[rep2], axis=1)
+  return eq & ok1[:, None] & ok2[None, :]
+
+
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
 def _kernels(x1, x2, activation, layers, pairwise, symmetric):
   d = x1.shape[1]
@@ -147,8 +181,7 @@ def _kernels(x1, x2, activation, layers, pairwise, symmetric):
   if symmetric:
     same = jnp.eye(x1.shape[0], dtype=bool)
   else:
-    # Bit-for-bit equal rows; XLA fuses the compare into the reduction (no N1 x N2 x d array).
-    same = jnp.all(x1[:, None, :] == x2[None, :, :], axis=-1)
+    same = _same_rows(x1, x2)
   return _recursion((x1 @ x2.T) / d, s11[:, None], s22[None, :], same, activation, layers)
 
 

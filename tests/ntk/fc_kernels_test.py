@@ -125,6 +125,23 @@ def test_diagonal_is_exact_in_float32_and_float64(act):
       np.testing.assert_allclose(alone.ntk, t[10:20], rtol=rtol)
 
 
+def test_identical_rows_are_found_exactly(monkeypatch):
+  from jaxlab.ntk import kernels
+  rng = np.random.default_rng(3)
+  base = rng.standard_normal((6, 4)).astype(np.float32)
+  near = base[0].copy()
+  near[2] = np.nextafter(near[2], np.float32(np.inf))  # one ulp away: not identical
+  x1 = np.concatenate([base, base[[1, 1]], near[None]])
+  x2 = np.concatenate([base[[4, 0, 1]], rng.standard_normal((2, 4)).astype(np.float32), near[None]])
+  brute = np.all(x1[:, None, :] == x2[None, :, :], axis=-1)
+  assert brute.sum() == 6
+  np.testing.assert_array_equal(kernels._same_rows(x1, x2), brute)
+  # Fingerprint collisions (here: all rows collide) may hide matches, never invent them.
+  monkeypatch.setattr(kernels, "_fingerprint", lambda x: jnp.zeros(x.shape[:1], jnp.uint32))
+  collided = np.asarray(kernels._same_rows(x1, x2))
+  assert not np.any(collided & ~brute)
+
+
 def test_two_layer_diagonal_is_exact():
   x = np.random.default_rng(0).standard_normal((50, 7))
   sigma = 1.2**2 * np.sum(x * x, 1) / 7 + 0.7**2

@@ -8,7 +8,11 @@ The config's `study` key names the module `experiments/<study>.py`, whose
 checked against the config before anything is imported or compiled: an
 unknown key, a value of the wrong type, or a value the study's `validate`
 rejects raises `ValueError` naming the key, the value and what is allowed.
-Re-running on the same workdir resumes from its last checkpoint.
+Re-running on the same workdir resumes from its last checkpoint; a workdir
+made by a different config is refused with the changed keys listed (continue
+it anyway with --allow_config_change). Without --workdir the run writes to
+runs/NAME[_ARG]. Every expected failure prints one `error: …` line and exits
+with its own code (see `cli`).
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from jaxlab.train import checks, io
+from jaxlab.train import checks
+from jaxlab.train import workdir as workdir_lib
+from jaxlab.train.errors import WorkdirError
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _NOT_STUDIES = {"run", "__init__"}
@@ -262,34 +268,78 @@ def prepare(spec: str | ml_collections.ConfigDict,
   return config, module
 
 
+def default_workdir(spec: str) -> str:
+  """`runs/NAME[_ARG]` for a config spec `path/NAME.py[:ARG]` (commas become `_`)."""
+  path, _, arg = spec.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  if arg:
+    name += "_" + re.sub(r"[^A-Za-z0-9.=+-]+", "_", arg).strip("_")
+  return os.path.join("runs", name)
+
+
 def run(spec: str | ml_collections.ConfigDict, workdir: str,
-        overrides: Mapping[str, Any] | Sequence[str] = ()) -> dict:
-  """Runs a study: loads + checks the config, writes config.json, calls main."""
+        overrides: Mapping[str, Any] | Sequence[str] = (), *,
+        allow_config_change: bool = False) -> dict:
+  """Runs a study: checks the config, locks the workdir, checks it against the
+  workdir's config.json, calls the study's main.
+
+  Nothing is written before every config check has passed. A workdir made by a
+  different config raises ConfigChangedError listing the changed keys, unless
+  `allow_config_change` (the run then continues from its last checkpoint under
+  the new config, and the change is recorded in config_changes.jsonl).
+  """
   config, module = prepare(spec, overrides)
-  os.makedirs(workdir, exist_ok=True)
-  io.write_json(os.path.join(workdir, "config.json"), config)
-  return module.main(config, workdir)
+  with workdir_lib.lock(workdir):
+    workdir_lib.check_layout(workdir)
+    workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
+    return module.main(config, workdir)
+
+
+def _epilog() -> str:
+  configs = sorted(f[:-3] for f in os.listdir(os.path.join(_HERE, "configs"))
+                   if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+  return ("configs (experiments/configs/NAME.py; their keys: see each file, or pass an unknown "
+          f"--config.KEY to list them): {', '.join(configs)}. Exit codes: 2 bad config, "
+          "3 unusable workdir, 4 workdir in use, 5 workdir made by another config, "
+          "6 no checkpoint restores, 7 non-finite loss.")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=_epilog())
   parser.add_argument("--config", required=True, help="experiments/configs/NAME.py[:arg]")
-  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--workdir", default=None,
+                      help="where the run writes (default: runs/NAME[_ARG])")
+  parser.add_argument("--allow_config_change", action="store_true",
+                      help="continue a workdir made by a different config from its last "
+                           "checkpoint (recorded in config_changes.jsonl)")
   args, rest = parser.parse_known_args(argv)
   bad = [r for r in rest if not r.startswith("--config.")]
   if bad:
-    raise ValueError(f"unknown arguments {bad}; allowed: --config, --workdir, --config.KEY=VALUE")
-  summary = run(args.config, args.workdir, rest)
-  print(f"summary ({os.path.join(args.workdir, 'summary.json')}):")
+    raise ValueError(f"unknown arguments {bad}; allowed: --config, --workdir, "
+                     "--allow_config_change, --config.KEY=VALUE")
+  workdir = args.workdir or default_workdir(args.config)
+  summary = run(args.config, workdir, rest, allow_config_change=args.allow_config_change)
+  print(f"summary ({os.path.join(workdir, 'summary.json')}):")
   for k, v in (summary or {}).items():
     if not isinstance(v, (dict, list)):
       print(f"  {k}: {v}")
   return summary
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str]) -> int:
+  """`main` with every expected failure as one `error: …` line and its exit code."""
+  from jaxlab.train import NonFiniteError
+
   try:
-    main(sys.argv[1:])
+    main(argv)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    return 2
+  except (WorkdirError, NonFiniteError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return e.exit_code
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli(sys.argv[1:]))

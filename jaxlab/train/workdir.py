@@ -48,6 +48,25 @@ def ensure_dir(path: str, what: str = "workdir") -> str:
   return path
 
 
+_DIRS = ("checkpoints", "plots")
+_FILES = (CONFIG_NAME, "metrics.jsonl", "summary.json", CHANGES_NAME)
+
+
+def check_layout(workdir: str) -> None:
+  """Raises WorkdirError if a record of the workdir has the wrong kind (e.g.
+  `checkpoints` is a file), before a run reads or writes anything."""
+  for name in _DIRS:
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and not os.path.isdir(path):
+      raise WorkdirError(f"{path!r} exists and is not a directory; a run keeps its {name} "
+                         "there: move that file away or use another workdir")
+  for name in _FILES:
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and not os.path.isfile(path):
+      raise WorkdirError(f"{path!r} exists and is not a regular file: move it away or use "
+                         "another workdir")
+
+
 @contextlib.contextmanager
 def lock(workdir: str) -> Iterator[str]:
   """Holds `workdir`'s lock for the `with` block (creating the directory)."""

@@ -59,8 +59,12 @@ def test_mlp_study_end_to_end_and_resume(tmp_path):
   assert io.read_json(str(tmp_path / "summary.json")) == json.loads(json.dumps(summary))
   assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["num_steps"] == 30
   assert io.read_json(str(tmp_path / "config.json"))["train"]["num_steps"] == 30
-  # Re-running on the same workdir with more steps resumes from step 30.
-  more = run.run(f"{MLP}:quick", str(tmp_path), {**TINY, "train.num_steps": 40})
+  # More steps on the same workdir is a changed config: refused by default,
+  # resumed from step 30 when asked for.
+  with pytest.raises(train.ConfigChangedError, match=r"train.num_steps: 30 -> 40"):
+    run.run(f"{MLP}:quick", str(tmp_path), {**TINY, "train.num_steps": 40})
+  more = run.run(f"{MLP}:quick", str(tmp_path), {**TINY, "train.num_steps": 40},
+                 allow_config_change=True)
   rows = io.read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [10, 15, 20, 30, 40]
   assert more["num_steps"] == 40

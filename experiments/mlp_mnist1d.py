@@ -27,6 +27,10 @@ def validate(config) -> None:
   checks.mnist1d_samples(config, "data", "train.batch_size")
   checks.warmup_below(config, "optimizer.warmup_steps", "train.num_steps")
   checks.divisible_by_devices(config, "train.batch_size")
+  nan_step = config.train.inject_nan_at_step
+  if nan_step != -1 and nan_step < 1:
+    raise ValueError(f"config key 'train.inject_nan_at_step': {nan_step!r}; allowed: -1 (off) or "
+                     "an update index ≥ 1 (updates are counted from 1)")
 
 
 def param_shapes(config) -> dict:

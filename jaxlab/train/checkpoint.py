@@ -153,7 +153,8 @@ class Checkpointer:
       except CheckpointError:
         raise  # a different model, not damage: stop, touch nothing
       except Exception as e:  # noqa: BLE001 - any reader error means this step is unusable
-        reason = " ".join(str(e).split())[:300]
+        # TensorStore appends its whole spec to the message: keep the first sentence.
+        reason = " ".join(str(e).split("See full TensorStore details")[0].split())[:300]
         failures.append((step, f"{type(e).__name__}: {reason}"))
         continue
       for bad, reason in failures:

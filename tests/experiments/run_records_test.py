@@ -275,3 +275,10 @@ def test_lock_file_with_a_dead_pid_is_taken_over(copy):
   with open(os.path.join(copy, ".lock"), "w") as f:
     f.write(f"pid {dead.pid} on this host\n")
   assert run.run(SPEC, copy, TINY)["num_steps"] == 40
+
+
+def test_inject_nan_at_step_zero_is_a_config_error_before_anything_is_written(tmp_path):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ValueError, match=r"'train.inject_nan_at_step': 0; allowed: -1"):
+    run.run(SPEC, workdir, {**TINY, "train.inject_nan_at_step": 0})
+  assert not os.path.exists(workdir)

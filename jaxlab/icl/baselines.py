@@ -41,6 +41,12 @@ def _check_prompt(xs, ys):
 
 
 def _check_steps(name, steps):
+  bad = ValueError(f"{name}={steps!r}: expected a non-empty increasing sequence of ints >= 0, "
+                   f"e.g. {name}=(0, 1, 2, 4, 8)")
+  if isinstance(steps, str) or not isinstance(steps, Sequence | np.ndarray):
+    raise bad
+  if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in steps):
+    raise bad
   steps = tuple(int(s) for s in steps)
   if not steps or any(s < 0 for s in steps) or list(steps) != sorted(set(steps)):
     raise ValueError(f"{name}={steps!r}: expected a non-empty increasing tuple of ints >= 0")
@@ -155,9 +161,11 @@ def _gd_weights(xs, ys, lr, steps):
   return jnp.stack(out)
 
 
-def gd_weights(xs: jax.Array, ys: jax.Array, steps: Sequence[int],
+def gd_weights(xs: jax.Array, ys: jax.Array, steps: int | Sequence[int],
                lr: float | None = None) -> jax.Array:
   """Gradient-descent weights after each of `steps` steps: (len(steps), B, N, d).
+
+  An int `steps=k` gives the weights after k steps alone, (B, N, d).
 
   Math: w_0 = 0, w_{k+1} = w_k - eta * (S_i w_k - b_i) / i, the gradient of
   ||X_{<i} w - y_{<i}||^2 / (2 i) (Akyuerek et al. 2022, Eq. 4; Fu et al. 2023,
@@ -165,20 +173,25 @@ def gd_weights(xs: jax.Array, ys: jax.Array, steps: Sequence[int],
 
   Args:
     xs, ys: prompts (B, N, d), (B, N).
-    steps: increasing step counts to return, e.g. (0, 1, 2, 4, 8).
+    steps: increasing step counts to return, e.g. (0, 1, 2, 4, 8), or one int.
     lr: fixed eta; None uses eta = 1 / lambda_max(S_i / i) per prompt and prefix.
   """
   _check_prompt(xs, ys)
-  steps = _check_steps("steps", steps)
+  one = isinstance(steps, (int, np.integer)) and not isinstance(steps, bool)
+  if one and steps < 0:
+    raise ValueError(f"steps={steps!r}: expected an int >= 0 or a non-empty increasing "
+                     "sequence of ints >= 0, e.g. steps=(0, 1, 2, 4, 8)")
+  steps = _check_steps("steps", (int(steps),) if one else steps)
   if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
     raise ValueError(f"lr={lr!r}: expected a float > 0 or None (1 / L per prompt)")
-  return _gd_weights(xs, ys, None if lr is None else float(lr), steps)
+  w = _gd_weights(xs, ys, None if lr is None else float(lr), steps)
+  return w[0] if one else w
 
 
-def gd(xs, ys, steps: Sequence[int], lr: float | None = None) -> jax.Array:
-  """GD predictions after each of `steps` steps: (len(steps), B, N)."""
+def gd(xs, ys, steps: int | Sequence[int], lr: float | None = None) -> jax.Array:
+  """GD predictions after each of `steps` steps: (len(steps), B, N); (B, N) for an int."""
   w = gd_weights(xs, ys, steps, lr)
-  return jnp.einsum("bnd,kbnd->kbn", xs, w)
+  return jnp.einsum("bnd,...bnd->...bn", xs, w)
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))

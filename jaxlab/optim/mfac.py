@@ -67,6 +67,13 @@ def scale_by_mfac(num_grads: int = 1024, damping: float = 1e-5, momentum: float 
     Frantar, Kurtic, Alistarh, "M-FAC: Efficient Matrix-Free Approximations of
     Second-Order Information", NeurIPS 2021, https://arxiv.org/abs/2107.03356
   """
+  if isinstance(num_grads, jax.Array):  # e.g. injected by optax.inject_hyperparams
+    raise ValueError(
+        f"num_grads={num_grads!r} is a jax array; allowed: a Python int, because it fixes the "
+        "shape of the (num_grads x d) gradient window. Under optax.inject_hyperparams pass it "
+        "as a static argument, as jaxlab.optim.STATIC_ARGS['mfac'] lists: "
+        "optax.inject_hyperparams(jaxlab.optim.mfac, static_args=jaxlab.optim.STATIC_ARGS"
+        "['mfac'])(learning_rate=1e-3, num_grads=32)")
   check_positive_int(num_grads, "num_grads")
   check_in_range(damping, "damping", 0.0, float("inf"), lo_open=True)
   check_in_range(momentum, "momentum", 0.0, 1.0)

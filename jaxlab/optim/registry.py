@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable
+from typing import Callable, Sequence
 
 import optax
 import optax.contrib
@@ -85,6 +85,25 @@ STATIC_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Optimizers whose update needs keyword arguments that a generic loop
+# (jaxlab.train, the experiments' --config.optimizer.name) does not pass.
+EXTRA_ARGS: dict[str, tuple[str, ...]] = {"normalized_gd": ("margins",)}
+
+
+def _check_extra_args(name: str, extra_args) -> None:
+  needed = EXTRA_ARGS.get(name, ())
+  missing = [a for a in needed if a not in tuple(extra_args)]
+  if missing:
+    raise ValueError(
+        f"optimizer {name!r} needs {', '.join(f'{a}=' for a in missing)} in every update: it is "
+        f"an optax GradientTransformationExtraArgs called as tx.update(grads, state, params, "
+        f"{missing[0]}=...) (for normalized_gd the per-example margins y_i * f(x_i; params)), "
+        "and the generic train loop (jaxlab.train, --config.optimizer.name) passes none, so it "
+        f"cannot train with {name!r}. In a loop of your own that passes them, build it with "
+        f"jaxlab.optim.get({name!r}, learning_rate=..., extra_args={tuple(needed)!r}) or "
+        f"jaxlab.optim.{name}(learning_rate).")
+
+
 def _check_name(name: str) -> None:
   if name not in _FACTORIES:
     raise ValueError(f"optimizer name={name!r} is unknown: allowed {', '.join(NAMES)}.")
@@ -132,7 +151,8 @@ def validate(name: str, **hyperparams) -> None:
   check_hyperparams_finite(hyperparams)
 
 
-def get(name: str, **hyperparams) -> optax.GradientTransformation:
+def get(name: str, *, extra_args: Sequence[str] = (),
+        **hyperparams) -> optax.GradientTransformation:
   r"""Builds the optimizer `name` with `hyperparams`, validated first.
 
   Names: our methods (diffgrad, mfac, dct_lowrank, normalized_gd,
@@ -142,6 +162,8 @@ def get(name: str, **hyperparams) -> optax.GradientTransformation:
 
   Args:
     name: one of `NAMES`.
+    extra_args: the keyword arguments the caller's loop passes to
+      ``tx.update`` (see `EXTRA_ARGS`); normalized_gd needs ``("margins",)``.
     **hyperparams: must include ``learning_rate`` (finite float >= 0 or
       schedule); every number must be finite.
 
@@ -153,7 +175,9 @@ def get(name: str, **hyperparams) -> optax.GradientTransformation:
   Raises:
     ValueError: unknown name or hyperparameter (the message lists the
       allowed ones), missing, negative or non-finite learning rate, nan or inf
-      for any other hyperparameter.
+      for any other hyperparameter; an optimizer in `EXTRA_ARGS` whose extra
+      update arguments are not in ``extra_args`` (a generic loop cannot
+      train with it).
 
   Example:
     >>> tx = get("adamw", learning_rate=1e-3, weight_decay=1e-4)
@@ -163,4 +187,5 @@ def get(name: str, **hyperparams) -> optax.GradientTransformation:
     ValueError: hyperparameter(s) lr not accepted by optimizer 'adamw': allowed learning_rate, ...
   """
   validate(name, **hyperparams)
+  _check_extra_args(name, extra_args)
   return _with_param_check(_FACTORIES[name](**hyperparams), name)

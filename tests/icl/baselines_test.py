@@ -156,3 +156,16 @@ def test_bad_inputs_raise():
     baselines.gd(xs, ys, (3, 1))
   with pytest.raises(ValueError, match="k="):
     baselines.knn(xs, ys, 0)
+
+
+def test_gd_steps_int_or_sequence():
+  rng = np.random.default_rng(0)
+  xs = jnp.asarray(rng.standard_normal((2, 5, 3)), jnp.float32)
+  ys = jnp.asarray(rng.standard_normal((2, 5)), jnp.float32)
+  one = baselines.gd(xs, ys, steps=64)  # an int: the predictions after 64 steps, (B, N)
+  assert one.shape == (2, 5)
+  np.testing.assert_array_equal(one, baselines.gd(xs, ys, steps=(1, 64))[1])
+  assert baselines.gd_weights(xs, ys, 3).shape == (2, 5, 3)
+  for bad in (64.0, "64", -1, (1.5, 2), (True,)):
+    with pytest.raises(ValueError, match=r"steps=.*expected .*ints >= 0"):
+      baselines.gd(xs, ys, steps=bad)

@@ -92,11 +92,11 @@ def _run(name, tx, f, p0, steps):
 @pytest.mark.parametrize("name", jo.NAMES)
 def test_converges_on_quadratic(name):
   if name in MARGIN_METHODS:
-    p = _run(name, jo.get(name, **HPARAMS[name]), logistic, _logistic_init(), 200)
+    p = _run(name, jo.get(name, **HPARAMS[name], extra_args=jo.registry.EXTRA_ARGS.get(name, ())), logistic, _logistic_init(), 200)
     assert np.all(np.sign(np.asarray(_logit(p))) == _Y)  # separable: every example classified
     return
   p0 = _quad_init()
-  p = _run(name, jo.get(name, **HPARAMS[name]), quadratic, p0, STEPS)
+  p = _run(name, jo.get(name, **HPARAMS[name], extra_args=jo.registry.EXTRA_ARGS.get(name, ())), quadratic, p0, STEPS)
   assert float(quadratic(p)) <= 1e-3 * float(quadratic(p0))
 
 
@@ -105,7 +105,7 @@ def test_converges_on_rosenbrock(name):
   if name in MARGIN_METHODS:
     pytest.skip("normalized_gd is defined for logistic regression (needs margins); see quadratic test")
   p0 = {"xy": jnp.array([-1.2, 1.0])}
-  p = _run(name, jo.get(name, **HPARAMS[name]), rosenbrock, p0, STEPS)
+  p = _run(name, jo.get(name, **HPARAMS[name], extra_args=jo.registry.EXTRA_ARGS.get(name, ())), rosenbrock, p0, STEPS)
   assert float(rosenbrock(p)) <= 0.05  # from 24.2; the valley floor is reached
 
 
@@ -138,7 +138,7 @@ def _close(a, b, rtol=1e-5, atol=1e-7):
 
 @pytest.mark.parametrize("name", jo.NAMES)
 def test_jitted_step_compiles_once(name):
-  tx = jo.get(name, **HPARAMS[name])
+  tx = jo.get(name, **HPARAMS[name], extra_args=jo.registry.EXTRA_ARGS.get(name, ()))
   f, p = _problem(name)
 
   @jax.jit
@@ -157,7 +157,7 @@ def test_inject_hyperparams(name):
   hp = dict(HPARAMS[name])
   if callable(hp["learning_rate"]):
     hp["learning_rate"] = 0.01
-  plain, _ = _steps(name, jo.get(name, **hp))
+  plain, _ = _steps(name, jo.get(name, **hp, extra_args=jo.registry.EXTRA_ARGS.get(name, ())))
   injected = optax.inject_hyperparams(jo.factory(name), static_args=jo.STATIC_ARGS.get(name, ()))(**hp)
   ups, state = _steps(name, injected)
   _close(ups, plain)
@@ -174,7 +174,7 @@ def test_inject_hyperparams(name):
 
 @pytest.mark.parametrize("name", jo.NAMES)
 def test_multisteps_matches_averaged_gradient(name):
-  tx = jo.get(name, **HPARAMS[name])
+  tx = jo.get(name, **HPARAMS[name], extra_args=jo.registry.EXTRA_ARGS.get(name, ()))
   ms = optax.MultiSteps(tx, every_k_schedule=2)
   f, p = _problem(name)
 
@@ -196,7 +196,7 @@ def test_multisteps_matches_averaged_gradient(name):
 
 @pytest.mark.parametrize("name", jo.NAMES)
 def test_chain_with_clipping_and_scale(name):
-  tx = jo.get(name, **HPARAMS[name])
+  tx = jo.get(name, **HPARAMS[name], extra_args=jo.registry.EXTRA_ARGS.get(name, ()))
   chained = optax.chain(optax.clip_by_global_norm(0.5), tx, optax.scale(2.0))
   f, p = _problem(name)
 

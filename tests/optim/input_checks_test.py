@@ -46,7 +46,7 @@ def _int_params():
 
 @pytest.mark.parametrize("name", jo.NAMES)
 def test_every_optimizer_init_rejects_int_params_naming_the_leaf(name):
-  tx = jo.get(name, learning_rate=1e-3)
+  tx = jo.get(name, learning_rate=1e-3, extra_args=jo.registry.EXTRA_ARGS.get(name, ()))
   with pytest.raises(ValueError, match=r"params leaf \['layer'\]\['w'\] has dtype int32: .*floating-point"):
     tx.init(_int_params())
   # init runs at trace time, so the error comes before any compile under jit too.

@@ -16,7 +16,7 @@ def test_names():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_get_builds_and_hyperparameters_start_with_learning_rate(name):
   assert jo.hyperparameters(name)[0] == "learning_rate"
-  tx = jo.get(name, learning_rate=1e-3)
+  tx = jo.get(name, learning_rate=1e-3, extra_args=jo.registry.EXTRA_ARGS.get(name, ()))
   assert isinstance(tx, (optax.GradientTransformation, optax.GradientTransformationExtraArgs))
   assert set(jo.STATIC_ARGS.get(name, ())) <= set(jo.hyperparameters(name))
 
@@ -58,3 +58,28 @@ def test_lamb_trust_ratio_mask_skips_masked_leaves():
   u, _ = tx.update(g, tx.init(p), p)
   # Adam's first step is sign(g) = 1; the trust ratio ||w|| / ||u|| = 10 scales only "w".
   assert jnp.allclose(u["b"], -1.0, rtol=1e-4) and jnp.allclose(u["w"], -10.0, rtol=1e-4)
+
+
+def test_normalized_gd_without_extra_args_points_to_margins():
+  # A generic loop (experiments' --config.optimizer.name) passes no margins: refuse up front.
+  with pytest.raises(ValueError, match=r"'normalized_gd' needs margins=.*generic train loop.*"
+                                       r"extra_args=\('margins',\)"):
+    jo.get("normalized_gd", learning_rate=1.0)
+  tx = jo.get("normalized_gd", learning_rate=1.0, extra_args=("margins",))
+  p = {"w": jnp.zeros(2)}
+  u, _ = tx.update({"w": jnp.ones(2)}, tx.init(p), p, margins=jnp.zeros(4))
+  assert jnp.allclose(u["w"], -2.0)  # beta = 1 / sigmoid(0) = 2 at zero margins
+
+
+def test_mfac_under_inject_hyperparams_names_static_args():
+  with pytest.raises(ValueError, match=r"num_grads=.*jax array.*STATIC_ARGS\['mfac'\].*"
+                                       r"static_args=jaxlab.optim.STATIC_ARGS\['mfac'\]"):
+    optax.inject_hyperparams(jo.mfac)(learning_rate=1e-2, num_grads=8).init({"w": jnp.ones(4)})
+  with pytest.raises(ValueError, match="STATIC_ARGS"):
+    optax.inject_hyperparams(jo.factory("mfac"))(learning_rate=1e-2, num_grads=8).init(
+        {"w": jnp.ones(4)})
+  tx = optax.inject_hyperparams(jo.mfac, static_args=jo.STATIC_ARGS["mfac"])(
+      learning_rate=1e-2, num_grads=8)
+  p = {"w": jnp.ones(4)}
+  u, _ = tx.update(p, tx.init(p), p)
+  assert u["w"].shape == (4,)

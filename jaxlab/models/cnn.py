@@ -101,7 +101,9 @@ def nnx_classifier_loss(graphdef: Any):
 
   def loss_fn(params, batch, key=None, *, state=None, train=True):
     del key
-    model = nnx.merge(graphdef, params, *([state] if state is not None else []))
+    # copy=True: fresh Variables in this trace (merging the cached ones and
+    # then updating BatchNorm's statistics under jax.grad is a TraceContextError).
+    model = nnx.merge(graphdef, params, *([state] if state is not None else []), copy=True)
     model.train() if train else model.eval()
     logits = model(batch["x"])
     loss, metrics = _ce(logits, batch["y"])

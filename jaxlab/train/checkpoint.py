@@ -30,10 +30,34 @@ log = logging.getLogger("jaxlab")
 _FORMAT = 1
 
 
+def _is_key(x: Any) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keys_to_data(tree: Any) -> Any:
+  # Typed PRNG keys (the run's key, an nnx module's rng streams in its state)
+  # are stored as their raw uint32 data; their impl is recorded beside.
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _key_impls(tree: Any) -> dict[str, str]:
+  return {_path(p): str(jax.random.key_impl(x))
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if _is_key(x)}
+
+
+def _data_to_keys(tree: Any, impls: dict[str, str]) -> Any:
+  def wrap(path, x):
+    impl = impls.get(_path(path))
+    return jax.random.wrap_key_data(x, impl=impl) if impl else x
+  return jax.tree_util.tree_map_with_path(wrap, tree)
+
+
 def _to_tree(state: TrainState) -> dict:
-  # Typed PRNG keys are stored as their raw uint32 data.
-  return {"params": state.params, "opt_state": state.opt_state, "step": state.step,
-          "key": jax.random.key_data(state.key)}
+  tree = {"params": state.params, "opt_state": state.opt_state, "step": state.step,
+          "key": state.key}
+  if state.model_state is not None:
+    tree["model_state"] = state.model_state
+  return tree
 
 
 def _leaf_record(x: Any, digest: bool) -> dict:
@@ -46,9 +70,23 @@ def _leaf_record(x: Any, digest: bool) -> dict:
   return rec
 
 
+def _path(path: tuple) -> str:
+  """A leaf path as "a/0/b", the same whether a node is a dict, a tuple or a
+  NamedTuple (a checkpoint read without a template comes back as dicts)."""
+  parts = []
+  for k in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
 def integrity_record(tree: Any, digest: bool = True) -> dict[str, dict]:
   """`{leaf path: {shape, dtype, sha256}}` of a pytree of arrays."""
-  return {jax.tree_util.keystr(p): _leaf_record(x, digest)
+  return {_path(p): _leaf_record(x, digest)
           for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -75,16 +113,30 @@ class Checkpointer:
   shardings of `like`.
   """
 
-  def __init__(self, directory: str, every_steps: int, max_to_keep: int = 2):
+  def __init__(self, directory: str, every_steps: int, max_to_keep: int = 2, *,
+               read_only: bool = False):
     if every_steps <= 0:
       raise ValueError(f"checkpoint every_steps={every_steps}; allowed: ≥ 1")
     from jaxlab.train.workdir import ensure_dir
 
-    self.directory = ensure_dir(os.path.abspath(directory), "checkpoint directory")
+    if read_only:
+      self.directory = os.path.abspath(directory)
+      if not os.path.isdir(self.directory):
+        raise CheckpointError(f"no checkpoint directory {self.directory}")
+    else:
+      self.directory = ensure_dir(os.path.abspath(directory), "checkpoint directory")
     self.every_steps = every_steps
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    if read_only:  # orbax warns that a read-only manager will not save: we know
+      absl_log.setLevel(logging.ERROR)
+    try:
+      self.manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                               read_only=read_only))
+    finally:
+      absl_log.setLevel(level)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -97,29 +149,59 @@ class Checkpointer:
 
   def save(self, step: int, state: TrainState) -> None:
     tree = _to_tree(state)
+    impls = _key_impls(tree)
+    tree = _keys_to_data(tree)
     io.fault_point("checkpoint.save.before")
     self.manager.save(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardSave(tree),
-        integrity=ocp.args.JsonSave({"format": _FORMAT, "leaves": integrity_record(tree)})))
+        integrity=ocp.args.JsonSave({"format": _FORMAT, "leaves": integrity_record(tree),
+                                     "keys": impls})))
     if io.faults_enabled():  # make "after the commit" a well-defined instant
       self.manager.wait_until_finished()
       io.fault_point("checkpoint.save.after")
 
-  def _record(self, step: int) -> dict[str, dict]:
+  def _record(self, step: int) -> dict:
     out = self.manager.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore()))
     rec = out.integrity
     if not isinstance(rec, dict) or rec.get("format") != _FORMAT:
       raise ValueError("no integrity record (written by another version of jaxlab?)")
-    return rec["leaves"]
+    return rec
+
+  def _verified(self, step: int, record: dict, abstract: Any = None) -> Any:
+    """The step's tree (keys still as data), checked against its checksums."""
+    restore = ocp.args.StandardRestore(abstract) if abstract is not None else \
+        ocp.args.StandardRestore()
+    tree = self.manager.restore(step, args=ocp.args.Composite(state=restore)).state
+    got = integrity_record(tree)
+    bad = [p for p, r in record["leaves"].items()
+           if r.get("sha256") and (p not in got or got[p]["sha256"] != r["sha256"])]
+    if bad:
+      raise ValueError(f"checksum mismatch in {len(bad)} array(s): {', '.join(bad[:4])}")
+    return tree
+
+  def restore_raw(self, step: int | None = None) -> tuple[int, dict]:
+    """(step, tree) of one verified step without a template: dicts of arrays with
+    keys "params", "opt_state" (as saved, not the optimizer's types), "step",
+    "key" and, if the run had one, "model_state"."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    if step not in self.all_steps():
+      raise CheckpointError(f"no checkpoint step {step} in {self.directory}; the steps there "
+                            f"are {self.all_steps()}")
+    record = self._record(step)
+    tree = self._verified(step, record)
+    return step, _data_to_keys(tree, record.get("keys", {}))
 
   def restore(self, like: TrainState, step: int | None = None) -> TrainState:
     """Restores and verifies one step (default: the newest); raises on any failure."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    want = _to_tree(like)
+    impls = _key_impls(_to_tree(like))
+    want = _keys_to_data(_to_tree(like))
     record = self._record(step)
-    changed = structure_changes(record, integrity_record(want, digest=False))
+    changed = structure_changes(record["leaves"], integrity_record(want, digest=False))
     if changed:
       raise CheckpointError(
           f"checkpoint {self.step_path(step)} holds a state of another structure than this run's "
@@ -129,14 +211,9 @@ class Checkpointer:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         want)
-    tree = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract))).state
-    got = integrity_record(tree)
-    bad = [p for p, r in record.items() if r.get("sha256") and got[p]["sha256"] != r["sha256"]]
-    if bad:
-      raise ValueError(f"checksum mismatch in {len(bad)} array(s): {', '.join(bad[:4])}")
-    key = jax.random.wrap_key_data(tree["key"], impl=jax.random.key_impl(like.key))
-    return TrainState(tree["params"], tree["opt_state"], tree["step"], key)
+    tree = _data_to_keys(self._verified(step, record, abstract), impls)
+    return TrainState(tree["params"], tree["opt_state"], tree["step"], tree["key"],
+                      tree.get("model_state"))
 
   def restore_verified(self, like: TrainState) -> TrainState | None:
     """The newest step that restores and verifies; None when there is no step.
@@ -183,3 +260,44 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _find_runs(workdir: str) -> list[str]:
+  """Sub-directories of `workdir` that hold a run's checkpoints (studies with arms)."""
+  out = []
+  for root, dirs, _ in os.walk(workdir):
+    if "checkpoints" in dirs:
+      out.append(os.path.relpath(root, workdir))
+    dirs[:] = [d for d in dirs if d != "checkpoints" and not d.endswith(".rejected")]
+  return sorted(out)
+
+
+def load_state(workdir: str, step: int | None = None) -> tuple[Any, Any]:
+  """`(params, model_state)` of a run's workdir, without rebuilding its optimizer.
+
+  Reads `workdir/checkpoints` (the newest step, or `step`), verifies every
+  array against its checksum, and returns the parameters and the model's
+  carried state (None for a model without one) as saved: nested dicts of
+  arrays, ready for `model.apply`. Works on a finished run and on one still
+  running (orbax steps appear atomically). A study with arms keeps one run per
+  sub-directory: the error lists them.
+
+  >>> params, state = train.load_state("runs/mlp_mnist1d_quick")
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    runs = _find_runs(workdir) if os.path.isdir(workdir) else []
+    hint = (f"; runs with checkpoints under it: {runs}" if runs else
+            "; it holds no run with checkpoints (was checkpoint_every 0?)")
+    raise CheckpointError(f"no checkpoints in {workdir!r}{hint}")
+  ckpt = Checkpointer(directory, 1, read_only=True)
+  try:
+    _, tree = ckpt.restore_raw(step)
+  finally:
+    ckpt.manager.close()
+  return tree["params"], tree.get("model_state")
+
+
+def load_params(workdir: str, step: int | None = None) -> Any:
+  """The parameters of a run's workdir (see :func:`load_state`)."""
+  return load_state(workdir, step)[0]

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import tqdm
 
+from jaxlab.models import contract
 from jaxlab.train import io, sharding
 from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.checkpoint import Checkpointer
@@ -95,7 +96,7 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
           checkpoint_every: int = 0, hooks: Sequence[Hook] = (),
           lr_schedule: Callable[[Any], Any] | None = None, progress: bool = True,
           inject_nan_at_step: int | None = None, mesh: jax.sharding.Mesh | None = None,
-          desc: str = "train") -> TrainResult:
+          desc: str = "train", model_state: Any = None) -> TrainResult:
   """Trains `params` with `tx` for `num_steps` steps; resumes from `workdir`.
 
   Steps are counted from 1: step k is the k-th update; the metrics row
@@ -103,7 +104,10 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
   checkpoint of step k holds the state after k updates.
 
   Args:
-    loss_fn: `(params, batch, key) -> (loss, aux)`, aux a dict of scalars.
+    loss_fn: a loss of the model contract (`jaxlab.models.contract`):
+      `(params, batch[, key][, *, state, train]) -> loss or (loss, aux)`, aux a
+      dict of scalars plus, with `model_state`, the new state under "state".
+      Training calls it with `train=True` and the step's key.
     params: initial parameters (ignored when a checkpoint is resumed).
     tx: optax transformation.
     batch_fn: `step -> batch` for step index 0, 1, ... (pure in the step, e.g.
@@ -113,7 +117,7 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
     workdir: where metrics.jsonl and checkpoints/ go (None: nothing written).
     log_every: metrics are fetched and written every `log_every` steps.
     eval_every, eval_fn: `eval_fn(params) -> dict` every `eval_every` steps and
-      at the end.
+      at the end; `eval_fn(params, model_state)` when the run has a model state.
     checkpoint_every: orbax checkpoint every so many steps and at the end
       (0: none). A re-run on the same workdir resumes from the newest step
       that restores and verifies (see `Checkpointer.restore_verified`); the
@@ -127,6 +131,11 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
     progress: show a tqdm progress bar.
     inject_nan_at_step: test hook — the loss of step k becomes NaN.
     mesh: device mesh (default: all devices on one "data" axis).
+    desc: the progress bar's label.
+    model_state: the model's initial carried state (flax collections such as
+      `batch_stats`, or the non-Param part of an nnx module): passed to the
+      loss as `state`, replaced each step by the loss's aux["state"], never
+      differentiated, checkpointed with the run (`TrainResult.state.model_state`).
 
   The workdir is locked for the run (`jaxlab.train.workdir.lock`): a second
   process on it stops at once.
@@ -152,6 +161,7 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
                                          or inject_nan_at_step < 1):
     raise ValueError(f"inject_nan_at_step={inject_nan_at_step!r}; allowed: None or an update "
                      "index ≥ 1 (updates are counted from 1)")
+  contract.check_loss(loss_fn, state=model_state)
   mesh = sharding.data_mesh() if mesh is None else mesh
   first = batch_fn(0)
   sizes = {np.shape(x)[0] for x in jax.tree.leaves(first)}
@@ -164,17 +174,17 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
     return _run(loss_fn, params, tx, batch_fn, num_steps=num_steps, key=key, workdir=workdir,
                 log_every=log_every, eval_every=eval_every, eval_fn=eval_fn,
                 checkpoint_every=checkpoint_every, hooks=hooks, lr_schedule=lr_schedule,
-                progress=progress, inject_nan_at_step=inject_nan_at_step, mesh=mesh, desc=desc)
+                progress=progress, inject_nan_at_step=inject_nan_at_step, mesh=mesh, desc=desc,
+                model_state=model_state)
 
 
 def _run(loss_fn, params, tx, batch_fn, *, num_steps, key, workdir, log_every, eval_every,
          eval_fn, checkpoint_every, hooks, lr_schedule, progress, inject_nan_at_step, mesh,
-         desc) -> TrainResult:
-  # The step donates the state: copy, so that the caller's params (and any
-  # optimizer state aliasing them) survive. device_put alone may alias a shard.
-  state = init_state(params, tx, key)
-  state = state._replace(params=jax.tree.map(jnp.copy, state.params),
-                         opt_state=jax.tree.map(jnp.copy, state.opt_state))
+         desc, model_state) -> TrainResult:
+  # The step donates the state: copy, so that the caller's params, key and
+  # model state (and any optimizer state aliasing them) survive. device_put
+  # alone may alias a shard.
+  state = jax.tree.map(jnp.copy, init_state(params, tx, key, model_state))
   state = jax.device_put(state, sharding.replicated(mesh))
   logger = io.MetricsLogger(workdir) if workdir else None
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), checkpoint_every) \
@@ -253,7 +263,9 @@ def _loop(state, loss_fn, tx, batch_fn, logger, ckpt, *, num_steps, log_every, e
       row["steps_per_sec"] = (s - s_last) / max(now - t_last, 1e-9)
       t_last, s_last = now, s
       if do_eval:
-        row.update({k: float(v) for k, v in eval_fn(state.params).items()})
+        evals = eval_fn(state.params) if state.model_state is None else \
+            eval_fn(state.params, state.model_state)
+        row.update({k: float(v) for k, v in evals.items()})
       for h in due_hooks:
         if getattr(h, "updates_state", False):
           out, state = _apply_state_hook(h, s, state, mesh)

@@ -9,7 +9,7 @@ RUN_CONFIG ?= experiments/configs/icl_linreg.py:quick
 # Empty: the launcher writes to runs/NAME_ARG (e.g. runs/icl_linreg_quick).
 RUN_WORKDIR ?=
 
-.PHONY: run test repro bench lint clean
+.PHONY: run test repro bench notebooks lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,7 @@ run: $(STAMP)
 
 ## make test: install with dev extras and run the whole suite (repro tests skipped).
 test: $(DEV_STAMP)
-	$(PY) -m ruff check jaxlab experiments benchmarks tests
+	$(PY) -m ruff check jaxlab experiments benchmarks tests colab
 	$(PY) -m pytest -n 2 --dist loadfile -q
 
 ## make repro: the quick-scale science assertions (minutes each).
@@ -48,8 +48,12 @@ bench: $(PEERS_STAMP)
 	$(PY) -m benchmarks.icl_train
 	$(PY) -m benchmarks.optim_step
 
+## make notebooks: re-execute colab/*.ipynb on their quick settings and save them with outputs.
+notebooks: $(DEV_STAMP)
+	$(PY) colab/execute.py
+
 lint: $(DEV_STAMP)
-	$(PY) -m ruff check jaxlab experiments benchmarks tests
+	$(PY) -m ruff check jaxlab experiments benchmarks tests colab
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

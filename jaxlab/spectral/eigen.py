@@ -10,7 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.spectral import operators as ops
-from jaxlab.spectral.lanczos import check_iters, lanczos, resolve_dtype, tridiagonal
+from jaxlab.spectral.lanczos import (
+  _dots,
+  apply_rows,
+  check_iters,
+  lanczos,
+  resolve_dtype,
+  tridiagonal,
+)
 
 WHICH = ("largest", "smallest", "magnitude")
 
@@ -21,13 +28,21 @@ class Eigenpairs(NamedTuple):
   eigenvalues: (k,) float64 NumPy array, ordered as requested.
   eigenvectors: pytree shaped like params with a leading axis k (unit norm);
     the i-th vector is ``jax.tree.map(lambda x: x[i], eigenvectors)``.
-  residuals: (k,) float64 NumPy array, ``‖A v_i − λ_i v_i‖`` from the Lanczos
-    relation (no extra matvec): ``|β_m u_{m,i}|``.
+  residuals: (k,) float64 NumPy array, ``‖A v_i − λ_i v_i‖`` of the returned
+    pairs, computed with k further products of the operator (the convergence
+    check: an eigenvalue of A lies within ``residuals[i]`` of ``eigenvalues[i]``).
+  ritz_residuals: (k,) float64 NumPy array, the cost-free estimate
+    ``|β_m u_{m,i}|`` from the Lanczos relation. It assumes an exactly
+    orthonormal basis and exact arithmetic, so it falls far below the attainable
+    accuracy (to 1e-28 for float32 once a pair converged) and cannot flag an
+    inaccurate vector computed in floating point; use it only to see how far a
+    pair is from convergence in exact arithmetic.
   """
 
   eigenvalues: np.ndarray
   eigenvectors: Any
   residuals: np.ndarray
+  ritz_residuals: np.ndarray | None = None
 
 
 def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
@@ -50,10 +65,20 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     eigenvectors (Golub & Van Loan §10.1.4; Saad, *Numerical Methods for Large
     Eigenvalue Problems*, §6.6). Extreme eigenvalues converge first, at a rate
     set by the gap to the rest of the spectrum (Kaniel-Paige-Saad bound).
-    From ``A V = V T + β_m v_{m+1} e_mᵀ`` the residual of a Ritz pair is
-    ``r_i = ‖A y_i − θ_i y_i‖ = |β_m u_{m,i}|`` (Parlett, *The Symmetric
-    Eigenvalue Problem*, §13.1), known without another matvec (or data pass);
-    an eigenvalue of A lies within ``r_i`` of ``θ_i`` (Bauer-Fike / Weyl).
+    The residuals ``r_i = ‖A y_i − θ_i y_i‖`` are computed explicitly: one more
+    batch of k products with the returned vectors (in the params' dtype, as the
+    user would apply them), then the difference and its norm summed in float64.
+    An eigenvalue of A lies within ``r_i`` of ``θ_i`` (Weyl / Bauer-Fike for
+    symmetric A; Parlett, *The Symmetric Eigenvalue Problem*, Thm 4.5.1). The
+    Lanczos relation ``A V = V T + β_m v_{m+1} e_mᵀ`` gives the same residual as
+    ``|β_m u_{m,i}|`` without a product (Parlett §13.1), but only in exact
+    arithmetic: in float32 it reaches 1e-28 while the true residual stays near
+    eps·‖A‖ (or larger when the basis lost accuracy), so it is returned as
+    ``ritz_residuals``, not as the check. The floor of ``r_i`` is the rounding
+    of the product itself, about eps·|θ_i| (6e-7 for |θ| = 10 in float32).
+
+  Cost: m Lanczos steps (m products) plus k products for the residuals; for a
+  data-set operator the k products are k more passes over the data.
 
   Args:
     matvec: symmetric linear map ``pytree -> pytree`` (e.g. :func:`hessian_vp`).
@@ -67,7 +92,7 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     dtype: Lanczos working dtype (``jnp.float64`` in an x64 scope), default the params'.
 
   Returns:
-    :class:`Eigenpairs` ``(eigenvalues, eigenvectors, residuals)``.
+    :class:`Eigenpairs` ``(eigenvalues, eigenvectors, residuals, ritz_residuals)``.
 
   Raises:
     ValueError: ``k <= 0``, ``k > num_iters``, ``num_iters`` above the dimension,
@@ -98,13 +123,30 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
   theta, U = np.linalg.eigh(tridiagonal(res.alphas, res.betas))
   idx = _select(theta, int(k), which)
   with ops.x64_scope(dt):
-    vecs = _ritz_vectors(jnp.asarray(U[:, idx].T, dt), res.basis, spec)
-  resid = np.abs(res.beta_last * U[-1, idx])
-  return Eigenpairs(theta[idx].astype(np.float64), vecs, resid)
+    vecs, Y = _ritz_vectors(jnp.asarray(U[:, idx].T, dt), res.basis, spec)
+    th = theta[idx]
+    th_hi = th.astype(dt)  # θ as hi + lo in the working dtype: float64 accuracy in float32
+    th_lo = (th - th_hi).astype(dt)
+    resid = np.asarray(_residual_norms(apply_rows(matvec, Y, spec), Y, th_hi, th_lo), np.float64)
+  ritz = np.abs(res.beta_last * U[-1, idx])
+  return Eigenpairs(theta[idx].astype(np.float64), vecs, resid, ritz)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _ritz_vectors(Uk, V, spec):
+  """Unit Ritz vectors ``U_kᵀ V`` as pytrees, and flat again (k, n) after the cast
+  to the params' dtypes, so the residuals are those of the vectors returned."""
   Y = jnp.dot(Uk, V, precision=jax.lax.Precision.HIGHEST)
-  Y = Y / jnp.linalg.norm(Y, axis=1, keepdims=True)
-  return jax.vmap(lambda y: ops.unravel(y, spec))(Y)
+  Y = Y / jnp.sqrt(_dots(Y, Y))[:, None]
+  vecs = jax.vmap(lambda y: ops.unravel(y, spec))(Y)
+  return vecs, jax.vmap(lambda t: ops.ravel(t, spec, Y.dtype))(vecs)
+
+
+@jax.jit
+def _residual_norms(AY, Y, th_hi, th_lo):
+  """``‖A y_i − θ_i y_i‖`` per row, formed and summed in float64 (a local scope)."""
+  with jax.enable_x64(True):
+    f64 = jnp.float64
+    theta = th_hi.astype(f64) + th_lo.astype(f64)
+    R = AY.astype(f64) - theta[:, None] * Y.astype(f64)
+    return jnp.sqrt(jnp.sum(R * R, axis=1))

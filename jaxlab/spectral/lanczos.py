@@ -94,7 +94,7 @@ _BREAKDOWN = 2.0
 
 
 def _dots(X: jax.Array, w: jax.Array) -> jax.Array:
-  """``X w`` for the rows of X (k, n), the float32 products summed in float64.
+  """``X w`` for the rows of X (k, n) (or row-wise for w (k, n)), float32 products summed in float64.
 
   A float32 sum of n terms can err by up to about eps·n (eps·√n typically)
   relative to its largest partial sum; XLA's CPU GEMV and row reductions sum
@@ -109,7 +109,7 @@ def _dots(X: jax.Array, w: jax.Array) -> jax.Array:
   tracing are untouched; on TPU XLA emulates the float64 adds); a float64 basis
   is summed as is.
   """
-  xw = X * (w[None] if X.ndim == 2 else w)
+  xw = X * (w[None] if X.ndim > w.ndim else w)  # rows of X times w, or row by row
   if X.dtype == jnp.float64:
     return jnp.sum(xw, axis=-1)
   with jax.enable_x64(True):

@@ -171,38 +171,27 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
   with contextlib.ExitStack() as stack:
     if workdir is not None:
       stack.enter_context(workdir_lib.lock(workdir))
-    return _run(loss_fn, params, tx, batch_fn, num_steps=num_steps, key=key, workdir=workdir,
-                log_every=log_every, eval_every=eval_every, eval_fn=eval_fn,
-                checkpoint_every=checkpoint_every, hooks=hooks, lr_schedule=lr_schedule,
-                progress=progress, inject_nan_at_step=inject_nan_at_step, mesh=mesh, desc=desc,
-                model_state=model_state)
-
-
-def _run(loss_fn, params, tx, batch_fn, *, num_steps, key, workdir, log_every, eval_every,
-         eval_fn, checkpoint_every, hooks, lr_schedule, progress, inject_nan_at_step, mesh,
-         desc, model_state) -> TrainResult:
-  # The step donates the state: copy, so that the caller's params, key and
-  # model state (and any optimizer state aliasing them) survive. device_put
-  # alone may alias a shard.
-  state = jax.tree.map(jnp.copy, init_state(params, tx, key, model_state))
-  state = jax.device_put(state, sharding.replicated(mesh))
-  logger = io.MetricsLogger(workdir) if workdir else None
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), checkpoint_every) \
-      if checkpoint_every else None
-  try:
+    # The step donates the state: copy, so that the caller's params, key and
+    # model state (and any optimizer state aliasing them) survive. device_put
+    # alone may alias a shard.
+    state = jax.tree.map(jnp.copy, init_state(params, tx, key, model_state))
+    state = jax.device_put(state, sharding.replicated(mesh))
+    logger = io.MetricsLogger(workdir) if workdir else None
+    ckpt = None
+    if checkpoint_every:
+      ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), checkpoint_every)
+      stack.callback(ckpt.close)
     return _loop(state, loss_fn, tx, batch_fn, logger, ckpt, num_steps=num_steps,
                  log_every=log_every, eval_every=eval_every, eval_fn=eval_fn,
                  checkpoint_every=checkpoint_every, hooks=hooks, lr_schedule=lr_schedule,
                  progress=progress, inject_nan_at_step=inject_nan_at_step, mesh=mesh,
                  desc=desc)
-  finally:
-    if ckpt is not None:
-      ckpt.close()
 
 
 def _loop(state, loss_fn, tx, batch_fn, logger, ckpt, *, num_steps, log_every, eval_every,
           eval_fn, checkpoint_every, hooks, lr_schedule, progress, inject_nan_at_step, mesh,
           desc) -> TrainResult:
+  """The loop proper: resume, then step, log, evaluate, run hooks, checkpoint."""
   history: list[dict] = []
   start = 0
   restored = ckpt.restore_verified(state) if ckpt is not None else None

@@ -44,7 +44,8 @@ def test_top5_float64_and_float32(name):
     assert rel.max() <= tol, (name, dtype, rel)
     # eigenvectors: aligned with the dense ones for the (simple) top eigenvalue
     assert abs(v0 @ evecs[:, -1]) >= 1 - (1e-10 if dtype == np.float64 else 1e-4)
-    # reported residuals |β_m u_m| against the dense ‖H y − θ y‖ of the returned vectors
+    # explicit residuals (products in the params' dtype) against the dense float64
+    # ‖H y − θ y‖ of the returned vectors: equal up to the products' rounding
     scale = np.abs(top).max()
     for i in range(5):
       y = sm.flat(jax.tree.map(lambda a, i=i: a[i], res.eigenvectors)).astype(np.float64)
@@ -116,6 +117,14 @@ def test_float64_scope_leaves_global_flag_and_dataset_path_agrees():
   # float32 HVPs: agreement to float32 rounding of the operator
   assert abs(_ritz(res)[-1] - top) / top < 1e-5
   assert abs(_ritz(res2)[-1] - top) / top < 1e-5
+  # the explicit residuals of top_eigenpairs go through the same host loop (2 more passes)
+  pairs = eigen.top_eigenpairs(dmv, params, 2, jax.random.key(3), num_iters=30, dtype=jnp.float64)
+  assert not jax.config.jax_enable_x64
+  for i in range(2):
+    y = sm.flat(jax.tree.map(lambda a, i=i: a[i], pairs.eigenvectors)).astype(np.float64)
+    r_dense = np.linalg.norm(H @ y - pairs.eigenvalues[i] * y)
+    # float32 HVPs of a unit vector: rounding ≈ 1e-6 relative to ‖H‖
+    assert abs(pairs.residuals[i] - r_dense) <= 1e-5 * top, (i, pairs.residuals[i], r_dense)
 
 
 def test_bad_inputs_raise_value_error():

@@ -11,6 +11,11 @@ into metrics.jsonl, and, given a probe batch, the fraction of dead ReLU units
 per hidden layer (`dead/layer_i`, a unit that is zero on every probe input).
 For Adam the direction of a scale-invariant layer moves like η/‖θ‖ (p = 1);
 pass `power=1` to log that instead.
+
+When the train state's optimizer state holds a NaP projection, the hook also
+runs `check_projected` on its log steps: a projection that does not come last
+in the chain (its updates changed by what follows) stops the run with a
+ValueError instead of letting the norms drift unseen.
 """
 from __future__ import annotations
 
@@ -20,7 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.nap.projection import Labels, group_norms, layer_labels
+from jaxlab.nap.projection import (
+    Labels,
+    _nap_states,
+    check_projected,
+    group_norms,
+    layer_labels,
+)
 
 
 def dead_unit_fraction(hidden: Sequence[jax.Array]) -> list[jax.Array]:
@@ -44,7 +55,8 @@ class NormsHook:
 
   def __init__(self, every_steps: int, lr_schedule: float | Callable[[Any], Any], *,
                labels: Labels = layer_labels, power: float = 2.0,
-               apply_fn: Callable | None = None, probe_x: Any = None):
+               apply_fn: Callable | None = None, probe_x: Any = None,
+               check_projection: bool = True):
     if not isinstance(every_steps, (int, np.integer)) or every_steps < 1:
       raise ValueError(f"every_steps={every_steps!r}; allowed: an integer ≥ 1")
     if not callable(lr_schedule) and not (isinstance(lr_schedule, (int, float))
@@ -58,7 +70,10 @@ class NormsHook:
     self.lr_schedule = lr_schedule
     self.power = float(power)
     self.labels = labels
-    self._norms = jax.jit(lambda p: group_norms(p, labels))
+    self.check_projection = bool(check_projection)
+    # A PerChannel group's (C,) channel norms are logged as the group's norm.
+    self._norms = jax.jit(lambda p: {g: jnp.sqrt(jnp.sum(jnp.square(n)))
+                                     for g, n in group_norms(p, labels).items()})
     self._dead = None
     if apply_fn is not None:
       probe_x = jnp.asarray(probe_x)
@@ -69,6 +84,9 @@ class NormsHook:
     return float(lr(step) if callable(lr) else lr)
 
   def __call__(self, step: int, state: Any) -> Mapping[str, float]:
+    opt_state = getattr(state, "opt_state", None)
+    if self.check_projection and _nap_states(opt_state):
+      check_projected(opt_state)
     norms = jax.device_get(self._norms(state.params))
     lr = self.learning_rate(step)
     row = {"lr": lr}
@@ -85,7 +103,8 @@ class NormsHook:
 
 def norms_hook(every_steps: int, lr_schedule: float | Callable[[Any], Any], *,
                labels: Labels = layer_labels, power: float = 2.0,
-               apply_fn: Callable | None = None, probe_x: Any = None) -> NormsHook:
+               apply_fn: Callable | None = None, probe_x: Any = None,
+               check_projection: bool = True) -> NormsHook:
   """A train-loop hook logging per-group norms, effective LR and dead units.
 
   Args:
@@ -97,10 +116,13 @@ def norms_hook(every_steps: int, lr_schedule: float | Callable[[Any], Any], *,
     power: p in η/‖θ‖^p (2: SGD, as in the paper; 1: Adam).
     apply_fn, probe_x: `apply_fn(params, x) -> (y, {"hidden": ...})` and a
       probe batch, to log the dead-unit fraction.
+    check_projection: run `jaxlab.nap.check_projected` on the train state's
+      optimizer state when it holds a NaP projection (raises ValueError when
+      the projection was bypassed).
 
   Returns:
     A hook for `jaxlab.train.train(..., hooks=(hook,))`: its row keys are
     `lr`, `norm/<group>`, `elr/<group>` and `dead/layer_i`, `dead/mean`.
   """
   return NormsHook(every_steps, lr_schedule, labels=labels, power=power, apply_fn=apply_fn,
-                   probe_x=probe_x)
+                   probe_x=probe_x, check_projection=check_projection)

@@ -32,10 +32,19 @@ before nonlinearities with periodic weight projection to a fixed-norm radius";
 the effective learning rate η/‖θ‖² of a scale-invariant layer). Where the text
 is not at hand we implement the exact symmetries of the network, and say so:
 
-- per layer, not per unit: a LayerNorm normalizes across the units of a
-  layer, so only a common rescaling of the whole matrix is a symmetry (a
-  per-unit rescaling changes the layer's output). Per unit would be right for
-  BatchNorm; `labels` can express it for other models.
+- the group is the set a normalization makes scale-invariant. A LayerNorm
+  (or RMSNorm) normalizes across the units of a layer, so only a common
+  rescaling of the whole matrix is a symmetry (a per-unit rescaling changes
+  the layer's output): per layer, with the Frobenius norm. A BatchNorm
+  normalizes each channel on its own, so each unit's incoming weights are a
+  symmetry by themselves: per channel (`PerChannel` labels), θ_{l,c} ←
+  ρ_{l,c} θ_{l,c}/‖θ_{l,c}‖. A convolution is the same rule with the H×W×I
+  slice of the (H, W, I, O) kernel feeding output channel c in the role of a
+  unit's incoming weight vector (the paper's "per layer" is the Dense case
+  under LayerNorm; per layer is also a symmetry under BatchNorm, only a
+  coarser one that lets the channels' norms, hence their effective learning
+  rates, drift apart). `jaxlab.nap.flax_labels` applies this to any flax
+  model.
 - the output layer is not projected: it is not followed by a normalization,
   so its norm sets the output scale (logits, values) and must stay free.
 - a bias added before the normalization belongs to the layer's group:
@@ -60,12 +69,20 @@ nearly the same result; this transform projects after every update.
 
 Leaves are chosen by a label pytree (or a function of the params that returns
 one) with the structure of the params: a string names a group, projected
-jointly (the Frobenius norm of the concatenation); True projects the leaf on
+jointly (the Frobenius norm of the concatenation); `PerChannel(name)` names a
+group projected per output channel (last axis); True projects the leaf on
 its own; False/None leaves it untouched. `nap_mask(params)` builds the labels
-for `jaxlab.models.mlp(..., normalize=True)` and `ICLTransformer(normalize="nap")`.
+for `jaxlab.models.mlp(..., normalize=True)` and `ICLTransformer(normalize="nap")`;
+`flax_labels(params)` for any other flax model (linen or nnx, Dense/Conv
+feeding LayerNorm/BatchNorm/RMSNorm); `default_labels` picks between them and
+is what `nap_project()` uses.
+
+The projection must be the last transformation (`with_projection(tx)`,
+`chain(*txs)`); a misplaced one is reported by `check_projected`.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Callable, NamedTuple, Union
 
@@ -73,18 +90,50 @@ import jax
 import jax.numpy as jnp
 import optax
 
-Label = Union[str, bool, None]
+
+@dataclasses.dataclass(frozen=True)
+class PerChannel:
+  """Label of a group projected per output channel (index of the leaves' last axis).
+
+  Channel c of group g is the concatenation of `leaf[..., c]` over the
+  group's leaves (a Conv kernel's H×W×I slice feeding channel c and bias[c];
+  a Dense kernel's column c and bias[c]), projected onto the sphere of its
+  own initial norm ρ_{g,c}. The exact symmetry of a layer feeding a
+  per-channel normalization (BatchNorm): BN(c_j·z_j) = BN(z_j) for each
+  channel j separately.
+  """
+
+  name: str
+
+
+Label = Union[str, bool, PerChannel, None]
 Labels = Union[Any, Callable[[Any], Any]]  # pytree of Label, or params -> pytree of Label
 
 
 class NapProjectState(NamedTuple):
-  """ρ_g: the norm each projected group had when `init` was called."""
+  """ρ_g, the norm each projected group had at `init`, and the drift seen since.
 
-  init_norms: dict[str, jax.Array]  # group name -> float32 scalar
+  `drift[g]` is the largest relative deviation max |‖θ_g‖/ρ_g − 1| of the
+  params handed to `update` so far (max over channels for a `PerChannel`
+  group). With `nap_project` last in the chain every update lands on the
+  sphere, so it stays at float rounding (~1e-6 in float32); anything larger
+  means something changed the params after the projection (see
+  `check_projected`).
+  """
+
+  init_norms: dict[str, jax.Array]  # group -> float32 scalar, or (C,) for a PerChannel group
+  drift: dict[str, jax.Array]  # group -> float32 scalar
+
+
+# Relative norm drift above which the projection is reported as bypassed. The
+# projection itself keeps a float32 group's norm within ~1e-6 of ρ (the
+# tests' tolerance); 1e-3 leaves room for float16/bfloat16 groups of a few
+# hundred entries while catching a misplaced projection within a few steps.
+DRIFT_RTOL = 1e-3
 
 
 def _is_label(x: Any) -> bool:
-  return x is None or isinstance(x, (str, bool))
+  return x is None or isinstance(x, (str, bool, PerChannel))
 
 
 def resolve_groups(params: Any, labels: Labels) -> dict[str, list[int]]:
@@ -92,58 +141,113 @@ def resolve_groups(params: Any, labels: Labels) -> dict[str, list[int]]:
 
   Raises:
     ValueError: when the labels' structure differs from the params' or a label
-      is not a str/bool/None.
+      is not a str/bool/PerChannel/None.
   """
+  return _resolve(params, labels)[0]
+
+
+def _resolve(params: Any, labels: Labels) -> tuple[dict[str, list[int]], frozenset[str]]:
+  """(groups as in `resolve_groups`, names of the PerChannel groups)."""
   tree = labels(params) if callable(labels) else labels
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   label_leaves, label_def = jax.tree_util.tree_flatten(tree, is_leaf=_is_label)
   bad = [x for x in label_leaves if not _is_label(x)]
   if bad:
     raise ValueError(f"labels: leaf {bad[0]!r} ({type(bad[0]).__name__}); allowed: a group "
-                     "name (str), True (project alone), False or None (leave untouched)")
+                     "name (str), PerChannel(name) (project per output channel), True "
+                     "(project alone), False or None (leave untouched)")
   if label_def != treedef:
     raise ValueError(f"labels: structure {label_def} does not match the params' structure "
                      f"{treedef}; allowed: a pytree of str/bool/None shaped like the params")
   groups: dict[str, list[int]] = {}
+  plain, per_channel = set(), set()
   for i, ((path, _), lab) in enumerate(zip(leaves_with_path, label_leaves, strict=True)):
     if lab is None or lab is False:
       continue
-    name = jax.tree_util.keystr(path) if lab is True else lab
+    if isinstance(lab, PerChannel):
+      name = lab.name
+      per_channel.add(name)
+    else:
+      name = jax.tree_util.keystr(path) if lab is True else lab
+      plain.add(name)
     groups.setdefault(name, []).append(i)
-  return dict(sorted(groups.items()))
+  if plain & per_channel:
+    raise ValueError(f"labels: group {sorted(plain & per_channel)[0]!r} is labelled both as a "
+                     "str and as PerChannel; allowed: one kind of label per group name")
+  leaves = [x for _, x in leaves_with_path]
+  for name in sorted(per_channel):
+    shapes = [jnp.shape(leaves[i]) for i in groups[name]]
+    if any(len(s) == 0 for s in shapes) or len({s[-1] for s in shapes}) != 1:
+      raise ValueError(f"labels: PerChannel group {name!r} has leaves of shapes {shapes}; "
+                       "allowed: arrays whose last axes (the output channels) have one size")
+  return dict(sorted(groups.items())), frozenset(per_channel)
+
+
+def _sq_norms(xs: list, per_channel: bool) -> jax.Array:
+  """Σ x² over the group in float32: a scalar, or (C,) over the last axis."""
+  if per_channel:
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32)).reshape(-1, x.shape[-1]), axis=0)
+               for x in xs)
+  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in xs)
 
 
 def group_norms(params: Any, labels: Labels) -> dict[str, jax.Array]:
-  """{group: ‖concatenated leaves of the group‖₂}, computed in float32."""
+  """{group: ‖concatenated leaves of the group‖₂}, computed in float32.
+
+  A `PerChannel` group gives a (C,) vector: the norm of each output channel's
+  slice (all axes but the last) of its leaves.
+  """
   leaves = jax.tree.leaves(params)
-  out = {}
-  for name, idx in resolve_groups(params, labels).items():
-    sq = sum(jnp.sum(jnp.square(leaves[i].astype(jnp.float32))) for i in idx)
-    out[name] = jnp.sqrt(sq)
-  return out
+  groups, per_channel = _resolve(params, labels)
+  return {name: jnp.sqrt(_sq_norms([leaves[i] for i in idx], name in per_channel))
+          for name, idx in groups.items()}
+
+
+class NapProjection(optax.GradientTransformation):
+  """The transformation `nap_project` returns; a type of its own so that
+  `jaxlab.nap.chain` can tell where it stands in a chain."""
 
 
 def nap_project(labels: Labels | None = None) -> optax.GradientTransformation:
   """Projects the labelled parameter groups back to their initial norm after each update.
 
-  Chain it after any optimizer: `optax.chain(optax.adam(1e-3), nap_project())`.
-  With incoming updates u and params θ, group g becomes
+  It must come last, after every transformation that changes the updates:
+  `jaxlab.nap.with_projection(optax.adam(1e-3))`, or by hand
+  `optax.chain(optax.adam(1e-3), nap_project())`. With incoming updates u and
+  params θ, group g becomes
 
       θ_g' = ρ_g · (θ_g + u_g) / ‖θ_g + u_g‖,   ρ_g = ‖θ_g‖ at `init`
 
   (Lyle et al. 2024, NaP's projection step onto the initial-norm sphere), and
   the returned updates are θ' − θ, so `optax.apply_updates` lands on the
-  sphere; leaves in no group pass through unchanged.
+  sphere; leaves in no group pass through unchanged. A `PerChannel` group is
+  projected channel by channel, each onto its own ρ_{g,c}.
+
+  Misplaced projection. Anything after it in the chain (the optimizer in
+  `optax.chain(nap_project(), optax.adam(lr))`, a weight decay) moves the
+  params off the sphere again, and the norms drift as if NaP were absent. A
+  transformation cannot see what follows it, so `update` checks what it can:
+  the params it is handed must be on the sphere it put them on. It records
+  the largest relative drift in `state.drift`; `check_projected(opt_state)`
+  (called by `norms_hook` on its log steps) raises a ValueError when it
+  exceeds `DRIFT_RTOL`, and outside `jax.jit` `update` raises at once.
 
   Args:
     labels: pytree shaped like the params with leaves str (joint group name),
-      True (project alone), False/None (untouched), or a function
-      `params -> such pytree`. None: `nap_mask` (jaxlab MLPs with
-      normalize=True, ICLTransformer with normalize="nap").
+      `PerChannel(name)` (group projected per output channel), True (project
+      alone), False/None (untouched), or a function `params -> such pytree`.
+      None: `default_labels` (jaxlab MLPs with normalize=True and
+      ICLTransformer(normalize="nap") as `nap_mask`; any other flax model,
+      linen or nnx, by `flax_labels`).
 
   Returns:
     An `optax.GradientTransformation` whose `update` requires `params`; its
-    state holds the target norms ρ_g (taken from the params given to `init`).
+    state holds the target norms ρ_g (taken from the params given to `init`)
+    and the drift seen since.
+
+  Raises:
+    ValueError: at `init` for a group of norm 0; at `update` without params,
+      or (outside jit) when the params have drifted off the sphere.
 
   Example:
     >>> model = jaxlab.models.mlp(40, (256, 256), 10, normalize=True)
@@ -154,38 +258,146 @@ def nap_project(labels: Labels | None = None) -> optax.GradientTransformation:
   References:
     Lyle et al. 2024, https://arxiv.org/abs/2407.01800
   """
-  labels = nap_mask if labels is None else labels
+  if labels is None:
+    from jaxlab.nap.labels import default_labels
+    labels = default_labels
 
   def init_fn(params):
     norms = group_norms(params, labels)
     for name, n in norms.items():
-      if not isinstance(n, jax.core.Tracer) and not float(n) > 0:
-        raise ValueError(f"nap_project: group {name!r} has initial norm {float(n)}; allowed: "
-                         "a group with non-zero initial norm (a zero-norm group cannot be "
-                         "projected back to its radius)")
-    return NapProjectState(init_norms=norms)
+      if not isinstance(n, jax.core.Tracer) and not float(jnp.min(n)) > 0:
+        raise ValueError(f"nap_project: group {name!r} has initial norm {float(jnp.min(n))}; "
+                         "allowed: a group with non-zero initial norm (in every channel of a "
+                         "PerChannel group; a zero-norm group cannot be projected back to its "
+                         "radius)")
+    return NapProjectState(init_norms=norms,
+                           drift={name: jnp.zeros((), jnp.float32) for name in norms})
 
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("nap_project: update needs params (got params=None); allowed: "
                        "tx.update(updates, state, params)")
-    groups = resolve_groups(params, labels)
+    groups, per_channel = _resolve(params, labels)
     if set(groups) != set(state.init_norms):
       raise ValueError(f"nap_project: groups {sorted(groups)} differ from those at init "
                        f"{sorted(state.init_norms)}; allowed: the same params structure")
     p_leaves, treedef = jax.tree.flatten(params)
     u_leaves = treedef.flatten_up_to(updates)
     out = list(u_leaves)
+    drift = {}
     for name, idx in groups.items():
+      rho = state.init_norms[name]
+      now = jnp.sqrt(_sq_norms([p_leaves[i] for i in idx], name in per_channel))
+      drift[name] = jnp.maximum(state.drift[name], jnp.max(jnp.abs(now / rho - 1.0)))
       new = [p_leaves[i] + u_leaves[i] for i in idx]
-      norm = jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in new))
-      # A group driven exactly to zero has no direction to keep: leave it be.
-      factor = jnp.where(norm > 0, state.init_norms[name] / jnp.where(norm > 0, norm, 1.0), 1.0)
+      norm = jnp.sqrt(_sq_norms(new, name in per_channel))
+      # A group (channel) driven exactly to zero has no direction to keep: leave it be.
+      factor = jnp.where(norm > 0, rho / jnp.where(norm > 0, norm, 1.0), 1.0)
       for i, x in zip(idx, new, strict=True):
-        out[i] = (x * factor.astype(x.dtype) - p_leaves[i]).astype(u_leaves[i].dtype)
-    return treedef.unflatten(out), state
+        f = factor.astype(x.dtype).reshape((1,) * (x.ndim - factor.ndim) + factor.shape)
+        out[i] = (x * f - p_leaves[i]).astype(u_leaves[i].dtype)
+    new_state = NapProjectState(init_norms=state.init_norms, drift=drift)
+    if not any(isinstance(d, jax.core.Tracer) for d in drift.values()):
+      _raise_if_drifted(drift, DRIFT_RTOL, "nap_project.update")
+    return treedef.unflatten(out), new_state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return NapProjection(init_fn, update_fn)
+
+
+def _raise_if_drifted(drift: dict, rtol: float, where: str) -> None:
+  bad = {g: float(d) for g, d in drift.items() if float(d) > rtol}
+  if bad:
+    worst = max(bad, key=bad.get)
+    raise ValueError(
+        f"{where}: the params left the projection's sphere (group {worst!r}: norm off by "
+        f"{100 * bad[worst]:.3g}% of its initial value; {len(bad)} group(s) above "
+        f"rtol={rtol}); allowed: nap_project as the last transformation, so that its "
+        "updates are applied unchanged — e.g. jaxlab.nap.with_projection(optimizer) or "
+        "optax.chain(optimizer, nap_project()), not optax.chain(nap_project(), optimizer) "
+        "or anything after it (weight decay, clipping); after changing params by hand, "
+        "call tx.init again")
+
+
+def _nap_states(opt_state: Any) -> list[NapProjectState]:
+  is_state = lambda x: isinstance(x, NapProjectState)  # noqa: E731
+  return [s for s in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(s)]
+
+
+def check_projected(opt_state: Any, params: Any = None, *, labels: Labels | None = None,
+                    rtol: float = DRIFT_RTOL) -> dict[str, float]:
+  """Raises when a NaP projection in `opt_state` was bypassed; else returns the drift.
+
+  Reads every `NapProjectState` inside `opt_state` (any nesting: optax.chain,
+  inject_hyperparams, MultiSteps): its drift is the largest relative
+  deviation |‖θ_g‖/ρ_g − 1| of the params the projection was handed, ~1e-6
+  in float32 when `nap_project` is last, and growing step by step when
+  something after it changes the updates (the misplaced
+  `optax.chain(nap_project(), optax.adam(lr))` lets the norms drift as if
+  unprojected). Given `params` (and the projection's `labels` if they are
+  not the default), the current params are checked too, which also covers
+  the last update. It syncs with the host: call it on log steps, not every
+  step (`norms_hook` does).
+
+  Returns:
+    {group: drift} (the larger of the recorded and the current drift).
+
+  Raises:
+    ValueError: when `opt_state` holds no NapProjectState, or a group's drift
+      exceeds `rtol`.
+  """
+  states = _nap_states(opt_state)
+  if not states:
+    raise ValueError("check_projected: opt_state holds no NapProjectState; allowed: the state "
+                     "of a chain that contains jaxlab.nap.nap_project")
+  drift: dict[str, float] = {}
+  for s in states:
+    for g, d in jax.device_get(s.drift).items():
+      drift[g] = max(drift.get(g, 0.0), float(d))
+  if params is not None:
+    if labels is None:
+      from jaxlab.nap.labels import default_labels
+      labels = default_labels
+    now = jax.device_get(group_norms(params, labels))
+    for s in states:
+      rho = jax.device_get(s.init_norms)
+      if set(rho) != set(now):
+        raise ValueError(f"check_projected: groups {sorted(now)} of params/labels differ from "
+                         f"the projection's {sorted(rho)}; allowed: the labels given to "
+                         "nap_project")
+      for g in rho:
+        d = float(abs(now[g] / rho[g] - 1.0).max())
+        drift[g] = max(drift.get(g, 0.0), d)
+  _raise_if_drifted(drift, rtol, "check_projected")
+  return drift
+
+
+def with_projection(tx: optax.GradientTransformation,
+                    labels: Labels | None = None) -> optax.GradientTransformation:
+  """`optax.chain(tx, nap_project(labels))`: the optimizer, then NaP's projection last.
+
+  Raises:
+    ValueError: when `tx` is itself a `nap_project` transformation.
+  """
+  return chain(tx, labels=labels)
+
+
+def chain(*transforms: optax.GradientTransformation,
+          labels: Labels | None = None) -> optax.GradientTransformation:
+  """`optax.chain(*transforms, nap_project(labels))`, the projection placed last.
+
+  Raises:
+    ValueError: when one of `transforms` is a `nap_project` (it would be
+      followed by the others and bypassed), or no transform is given.
+  """
+  if not transforms:
+    raise ValueError("chain: no transforms; allowed: one or more optax transformations "
+                     "(the projection is appended)")
+  for i, t in enumerate(transforms):
+    if isinstance(t, NapProjection):
+      raise ValueError(f"chain: transforms[{i}] is a nap_project; allowed: the optimizer's "
+                       "transformations only (chain appends nap_project last, so that the "
+                       "updates it returns are applied unchanged)")
+  return optax.chain(*transforms, nap_project(labels))
 
 
 _LAYER = re.compile(r"^(dense|norm)_(\d+)$")

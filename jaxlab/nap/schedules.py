@@ -115,12 +115,13 @@ def scale_by_implicit_schedule(steps: Sequence[float], norms: Sequence,
   Args:
     steps: (T,) logged steps; norms: (T, G) norms of the groups, in the order
       of `init_norms`' keys; init_norms: {group: ρ_g}.
-    labels: the groups (default `nap_mask`), as for `nap_project`.
+    labels: the groups (default `default_labels`, as for `nap_project`).
     power: p (2: SGD, 1: Adam).
   """
-  from jaxlab.nap.projection import nap_mask, resolve_groups
+  from jaxlab.nap.labels import default_labels
+  from jaxlab.nap.projection import resolve_groups
 
-  labels = nap_mask if labels is None else labels
+  labels = default_labels if labels is None else labels
   names = list(init_norms)
   norms = np.asarray(norms, np.float64)
   norms = norms[:, None] if norms.ndim == 1 else norms

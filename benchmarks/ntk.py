@@ -69,9 +69,10 @@ def bench_empirical(n, d, width, n_out, repeats, nt=None):
       lambda: dense(apply, params, x1, x2).block_until_ready(), repeats)
   scale = float(jnp.abs(ref).max())
   for method in ("jacobian", "ntvp"):
-    got = ntk.empirical_ntk(apply, params, x1, x2, method=method).block_until_ready()
+    got = ntk.empirical_ntk(apply, params, x1, x2, method=method, trace_axes=()).block_until_ready()
     row[f"t_{method}"] = common.median_time(
-        lambda m=method: ntk.empirical_ntk(apply, params, x1, x2, method=m).block_until_ready(),
+        lambda m=method: ntk.empirical_ntk(apply, params, x1, x2, method=m,
+                                           trace_axes=()).block_until_ready(),
         repeats)
     row[f"maxdev_{method}"] = float(jnp.abs(got - ref).max()) / scale
   row["auto_picks"] = ntk.choose_method(n, n, n_out, row["params"])

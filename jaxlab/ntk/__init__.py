@@ -2,7 +2,7 @@
 empirical kernels, infinite-width GD prediction, vmapped ensembles of two-layer
 nets, and the permutation-learning study's library (Giapitzakis, Back de Luca,
 Fountoulakis 2025, arXiv:2502.16763)."""
-from jaxlab.ntk.empirical import choose_method, empirical_ntk
+from jaxlab.ntk.empirical import auto_choices, choose_method, empirical_nngp, empirical_ntk
 from jaxlab.ntk.ensembles import (
     EnsembleResult,
     apply_two_layer,
@@ -36,13 +36,19 @@ from jaxlab.ntk.permutations import (
     round_bits,
     success_curves,
 )
-from jaxlab.ntk.predict import GPPrediction, gp_predict, kernel_regression, two_layer_gp
+from jaxlab.ntk.predict import (
+    GPPrediction,
+    gp_predict,
+    kernel_gp,
+    kernel_regression,
+    two_layer_gp,
+)
 
 __all__ = [
     "BitStatistics", "EnsembleResult", "GPPrediction", "Kernels", "PermutationTask",
-    "apply_two_layer", "bit_statistics", "choose_method", "critical_ensemble_sizes",
-    "empirical_ntk", "ensemble_average", "fc_kernels", "gd_settings", "exact_recovery", "fit_power_law", "gp_predict", "grouped_ensemble_success", "hardest_input",
-    "init_two_layer", "kernel_regression", "kernels_from_products", "make_task",
+    "apply_two_layer", "auto_choices", "bit_statistics", "choose_method", "critical_ensemble_sizes",
+    "empirical_nngp", "empirical_ntk", "ensemble_average", "fc_kernels", "gd_settings", "exact_recovery", "fit_power_law", "gp_predict", "grouped_ensemble_success", "hardest_input",
+    "init_two_layer", "kernel_gp", "kernel_regression", "kernels_from_products", "make_task",
     "nonzero_binary_inputs", "one_input_success", "required_ensemble_size",
     "required_size_from_critical", "round_bits", "success_curves", "train_ensemble",
     "two_layer_gp", "two_layer_kernels", "two_layer_nngp", "two_layer_ntk",

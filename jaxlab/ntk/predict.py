@@ -16,10 +16,15 @@ With `discrete=True`, E_t = I - (I - eta Theta)^t, the exact law of t steps of
 full-batch GD on the linearized network (Lee et al. 2019, Sec. 2.2).
 Outputs are independent copies: the covariance is the same for every output
 column.
+
+The kernels are any (N, N) matrices: analytic (`two_layer_gp`, `fc_kernels`)
+or the empirical NTK / Monte Carlo NNGP of the user's own model
+(`jaxlab.ntk.empirical_ntk`, `empirical_nngp`, with trace_axes=(-1,));
+`kernel_gp` takes a `kernel_fn(x1, x2) -> (nngp, ntk)`.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +120,51 @@ def gp_predict(ntk_train: jax.Array, ntk_test_train: jax.Array, nngp_train: jax.
     else:
       cov = c(nngp_test) + a @ c(nngp_train) @ a.T - cross - cross.T
     return GPPrediction(mean=mean, cov=cov)
+
+
+def kernel_gp(kernel_fn: Callable, x_train: jax.Array, y_train: jax.Array, x_test: jax.Array,
+              *, t: float | None = None, learning_rate: float = 1.0, discrete: bool = False,
+              diag: bool = False, dtype=None) -> GPPrediction:
+  """`gp_predict` with the kernels of any model: `kernel_fn(x1, x2) -> (nngp, ntk)`.
+
+  `kernel_fn(x1, x2)` returns the (N1, N2) NNGP and NTK (a `Kernels` or any
+  pair; x2 is never None here), e.g. analytic `fc_kernels` or the empirical
+  kernels of the user's own model:
+
+      kernel_fn = lambda a, b: (empirical_nngp(init, apply, a, b, num_samples=256, key=k),
+                                empirical_ntk(apply, params, a, b, state=state))
+
+  (the NNGP draws must share `key` across calls, so that the train and test
+  blocks come from the same draws). For the mean alone (t = inf), any NNGP
+  gives the same answer: `nngp` may be the NTK itself. With diag=True the
+  test-test NNGP is the diagonal of kernel_fn(x_test, x_test).
+
+  Math: Lee et al. 2019, Eqs. 15-16 (see `gp_predict`).
+
+  Example:
+    >>> from jaxlab.ntk import kernels as kl
+    >>> kfn = lambda a, b: kl.fc_kernels(a, b, depth=2)
+    >>> kernel_gp(kfn, jnp.eye(3), jnp.eye(3), jnp.ones((1, 3))).mean.shape
+    (1, 3)
+  """
+  if not callable(kernel_fn):
+    raise ValueError(f"kernel_fn={kernel_fn!r} is not callable; allowed: kernel_fn(x1, x2) -> "
+                     "(nngp, ntk), each (N1, N2)")
+
+  def kernels(a, b):
+    out = kernel_fn(a, b)
+    if not (isinstance(out, tuple) and len(out) == 2):
+      raise ValueError(f"kernel_fn returned {type(out).__name__}; allowed: a pair (nngp, ntk) "
+                       "such as a Kernels")
+    return out
+
+  nngp_tr, ntk_tr = kernels(x_train, x_train)
+  nngp_st, ntk_st = kernels(x_test, x_train)
+  nngp_ss = kernels(x_test, x_test)[0]
+  if diag:
+    nngp_ss = jnp.diagonal(nngp_ss)
+  return gp_predict(ntk_tr, ntk_st, nngp_tr, nngp_st, nngp_ss, y_train, t=t,
+                    learning_rate=learning_rate, discrete=discrete, diag=diag, dtype=dtype)
 
 
 def two_layer_gp(x_train: jax.Array, y_train: jax.Array, x_test: jax.Array, *,

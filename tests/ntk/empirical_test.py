@@ -33,11 +33,11 @@ def test_matches_dense_reference_multi_output(method):
   x1 = jax.random.normal(jax.random.key(1), (4, 3))
   x2 = jax.random.normal(jax.random.key(2), (3, 3))
   ref = _dense_reference(p, x1, x2)
-  got = ntk.empirical_ntk(_coupled_model, p, x1, x2, method=method)
+  got = ntk.empirical_ntk(_coupled_model, p, x1, x2, method=method, trace_axes=())
   assert got.shape == (4, 3, 2, 2)
   assert np.abs(ref[:, :, 0, 1]).max() > 1e-2  # the test would miss output coupling otherwise
   np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)  # float32 sums of ~30 terms
-  tr = ntk.empirical_ntk(_coupled_model, p, x1, x2, method=method, output="trace")
+  tr = ntk.empirical_ntk(_coupled_model, p, x1, x2, method=method)  # trace_axes=(-1,)
   np.testing.assert_allclose(tr, (ref[:, :, 0, 0] + ref[:, :, 1, 1]) / 2, rtol=2e-5, atol=2e-5)
 
 
@@ -45,10 +45,10 @@ def test_symmetric_when_x2_omitted_and_scalar_outputs():
   p = _params()
   x = jax.random.normal(jax.random.key(3), (5, 3))
   scalar = lambda q, x: _coupled_model(q, x)[:, 0]
-  got = ntk.empirical_ntk(scalar, p, x, method="ntvp")
+  got = ntk.empirical_ntk(scalar, p, x, method="ntvp", output="full")  # legacy alias of ()
   assert got.shape == (5, 5, 1, 1)
   np.testing.assert_allclose(got[..., 0, 0], got[..., 0, 0].T, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(got, ntk.empirical_ntk(scalar, p, x, method="jacobian"),
+  np.testing.assert_allclose(got, ntk.empirical_ntk(scalar, p, x, method="jacobian", trace_axes=()),
                              rtol=2e-5, atol=2e-5)
 
 
@@ -60,3 +60,11 @@ def test_choose_method_and_bad_arguments():
     ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), method="svd")
   with pytest.raises(ValueError, match="output"):
     ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), output="diag")
+  with pytest.raises(ValueError, match=r"trace_axes=\(0,\): allowed \(\)"):
+    ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), trace_axes=(0,))
+  with pytest.raises(ValueError, match="disagree"):
+    ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), output="full", trace_axes=(1,))
+  with pytest.raises(ValueError, match="batch_size=0: allowed None or an int >= 1"):
+    ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), batch_size=0)
+  with pytest.raises(ValueError, match="same example shape"):
+    ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), jnp.ones((2, 4)))

@@ -16,9 +16,12 @@ class SharpnessHook:
   """Hook object: ``every_steps`` and ``__call__(step, state) -> dict[str, float]``."""
 
   def __init__(self, loss_fn, batches, every_steps, num_iters, with_trace, trace_samples,
-               trace_method, seed, dtype):
+               trace_method, seed, dtype, state=None, train=False, num_batches=None):
     self.loss_fn = loss_fn
     self.batches = batches
+    self.state = state
+    self.train = train
+    self.num_batches = num_batches
     self.every_steps = every_steps
     self.num_iters = num_iters
     self.with_trace = with_trace
@@ -30,7 +33,10 @@ class SharpnessHook:
   def __call__(self, step: int, state: Any) -> dict[str, float]:
     params = state.params
     spec = ops.flat_spec(params, "state.params")
-    mv = ops.hessian_vp(self.loss_fn, params, self.batches)
+    # the model state: the hook's own, else the train state's (e.g. BatchNorm statistics)
+    model_state = self.state if self.state is not None else getattr(state, "model_state", None)
+    mv = ops.hessian_vp(self.loss_fn, params, self.batches, state=model_state, train=self.train,
+                        num_batches=self.num_batches)
     key = jax.random.fold_in(jax.random.key(self.seed), int(step))
     k_l, k_t = jax.random.split(key)
     m = min(self.num_iters, spec.size)
@@ -53,7 +59,8 @@ def _pos_int(name, value, lo=1):
 def sharpness_callback(loss_fn: Callable, batches: Any, every_steps: int, num_iters: int = 20,
                        with_trace: bool = False, trace_samples: int = 30,
                        trace_method: str = "hutch++", seed: int = 0,
-                       dtype: Any = None) -> SharpnessHook:
+                       dtype: Any = None, *, state: Any = None, train: bool = False,
+                       num_batches: int | None = None) -> SharpnessHook:
   """A train-loop hook logging the top Hessian eigenvalue ("sharpness") every few steps.
 
   Math:
@@ -63,7 +70,7 @@ def sharpness_callback(loss_fn: Callable, batches: Any, every_steps: int, num_it
     ``with_trace`` it also logs ``tr ∇²L`` by :func:`trace` and its standard error.
 
   Args:
-    loss_fn: ``loss_fn(params, batch) -> scalar`` (mean over the batch).
+    loss_fn: a contract loss (mean over the batch), as in :func:`hessian_vp`.
     batches: the fixed probe batch or batches, as in :func:`hessian_vp`.
     every_steps: the loop calls the hook when ``step % every_steps == 0``.
     num_iters: Lanczos steps (capped at the parameter count).
@@ -72,10 +79,17 @@ def sharpness_callback(loss_fn: Callable, batches: Any, every_steps: int, num_it
     trace_method: ``"hutch++"`` or ``"hutchinson"``.
     seed: the probes use ``fold_in(key(seed), step)``; the train state's key is untouched.
     dtype: Lanczos/trace working dtype (``jnp.float64`` runs in an x64 scope).
+    state: a fixed model state for the probe; None (default) reads the train
+      state's ``model_state`` at each call (the current BatchNorm statistics),
+      if it has one.
+    train: probe in train mode (batch statistics), as in :func:`hessian_vp`.
+    num_batches: with a step -> batch function (``jaxlab.data.Batches``), the
+      number of steps that make the probe data set.
 
   Returns:
     A hook with ``every_steps`` and ``__call__(step, state) -> dict[str, float]``;
-    ``state`` is any object with a ``params`` attribute (the train state).
+    ``state`` is any object with a ``params`` attribute (the train state), and
+    optionally ``model_state``.
 
   Raises:
     ValueError: non-positive ``every_steps``/``num_iters``, a bad trace setting,
@@ -95,10 +109,13 @@ def sharpness_callback(loss_fn: Callable, batches: Any, every_steps: int, num_it
     raise ValueError(f"trace_method is {trace_method!r}; allowed: {', '.join(METHODS)}.")
   trace_samples = _pos_int("trace_samples", trace_samples,
                            lo=2 if trace_method == "hutchinson" else 6)
-  if not ops._is_single_batch(batches):
-    ops.BatchSource(batches)  # validates: not empty, not a one-shot iterator
-  else:
-    ops.batch_size(batches, "batches")
+  how, data = ops._classify(batches, num_batches)  # validates before the first call
+  for i, b in enumerate([data] if how == "one" else data if how == "many" else [data.first]):
+    ops.batch_size(b, "batches" if how == "one" else f"batch {i}")
+  if state is not None:
+    from jaxlab.models import contract
+
+    contract.check_loss(loss_fn, state=state)
   resolve_dtype(np.zeros(1, np.float32), dtype)
   return SharpnessHook(loss_fn, batches, every_steps, num_iters, bool(with_trace), trace_samples,
-                       trace_method, int(seed), dtype)
+                       trace_method, int(seed), dtype, state, bool(train), num_batches)

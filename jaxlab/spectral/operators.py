@@ -1,11 +1,15 @@
 """Curvature operators: Hessian- and GGN-vector products over one batch or a data set.
 
-Both operators return a ``matvec(v) -> pytree`` with the structure of ``params``.
-For one in-memory batch the matvec is a ``jax.tree_util.Partial`` (a pytree
-holding params and batch), so the Lanczos, trace and density routines can pass
-it into their own ``jax.jit`` as an argument and fuse it into one compiled loop.
-For an iterable of batches it is a :class:`DataSetOperator`, a host-side loop
-over jitted per-batch products that never holds the data set in memory.
+Both operators read the model contract (:mod:`jaxlab.models.contract`): a loss
+or model of any contract form, evaluated at fixed model state (eval mode by
+default), never differentiating the state. They return a ``matvec(v) ->
+pytree`` with the structure of ``params``: a :class:`BatchOperator` for one
+in-memory batch (a pytree, so it can be passed into ``jax.jit``) or a
+:class:`DataSetOperator` for several batches or a data set. Both evaluate one
+module-level jitted product per batch, with params, batch, model state and key
+as arguments (never closed-over constants): one compile per (loss, shapes),
+reused at any params and data; Lanczos, trace and density drive them from
+Python (``host_loop``).
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import functools
+import inspect
 import math
-import weakref
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -22,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import Partial
+
+from jaxlab.models import contract
 
 PyTree = Any
 Batch = Any
@@ -98,29 +104,95 @@ def x64_scope(dtype: Any):
 
 
 # ---------------------------------------------------------------------------
-# Batches: one batch or an iterable of them; placement over local devices.
+# Batches: one batch, several, or a step -> batch function; placement over local devices.
+
+_NUM_BATCHES_HELP = ("allowed: num_batches=K (an int >= 1) with a step -> batch function such as "
+                     "jaxlab.data.Batches (steps 0..K-1 are the data set), None otherwise")
 
 
-def _is_single_batch(batches: Any) -> bool:
-  if isinstance(batches, (list, collections.abc.Iterator)) or (
-      callable(batches) and not hasattr(batches, "shape")):
-    return False
-  if isinstance(batches, (tuple, collections.abc.Mapping)) or hasattr(batches, "shape"):
-    return True
-  return not isinstance(batches, collections.abc.Iterable)
+def _is_container(x: Any) -> bool:
+  return isinstance(x, (collections.abc.Mapping, tuple, list))
+
+
+def _is_key(x: Any) -> bool:
+  return jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key)
+
+
+def _classify(batches: Any, num_batches: Any, name: str = "batches") -> tuple[str, Any]:
+  """``("one", batch)``, ``("many", list)``, ``("source", BatchSource)`` by the documented rule.
+
+  A Mapping or an array is one batch; a list is several; a tuple is several when
+  every element is a container (dict/tuple/list) of one pytree structure, one
+  batch when no element is a container or they are mixed (``((x1, x2), y)``);
+  a tuple of containers of different structures is ambiguous and refused.
+  """
+  from jaxlab.data import Batches
+
+  if num_batches is not None:
+    if isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer)) or (
+        num_batches < 1):
+      raise ValueError(f"num_batches is {num_batches!r}; {_NUM_BATCHES_HELP}.")
+    if not callable(batches) or hasattr(batches, "shape"):
+      raise ValueError(f"num_batches is {num_batches} but {name} is a {type(batches).__name__}, "
+                       f"not a step -> batch function; {_NUM_BATCHES_HELP}.")
+    return "source", BatchSource(_Steps(batches, int(num_batches)), name)
+  if isinstance(batches, Batches):
+    raise ValueError(
+        f"{name} is a jaxlab.data.Batches (a step -> batch function without a length) and "
+        f"num_batches is None; {_NUM_BATCHES_HELP} (one epoch is "
+        f"num_batches={batches.steps_per_epoch}).")
+  if isinstance(batches, collections.abc.Mapping) or hasattr(batches, "shape"):
+    return "one", batches
+  if isinstance(batches, list):
+    if not batches:
+      raise ValueError(f"{name} is empty; pass at least one batch.")
+    return "many", list(batches)
+  if isinstance(batches, tuple):
+    if not batches:
+      raise ValueError(f"{name} is an empty tuple; pass one batch or at least one batch in a list.")
+    kinds = [_is_container(b) for b in batches]
+    if not all(kinds):
+      return "one", batches
+    structs = {jax.tree_util.tree_structure(b) for b in batches}
+    if len(structs) > 1:
+      raise ValueError(
+          f"{name} is a tuple of {len(batches)} containers with different pytree structures, "
+          "which is ambiguous (several batches, or one batch of nested parts?); allowed: a list "
+          "of batches for several, or one batch as a dict (e.g. {'x': (x1, x2), 'y': y}).")
+    return "many", list(batches)
+  if isinstance(batches, collections.abc.Iterator) or isinstance(
+      batches, collections.abc.Iterable) or callable(batches):
+    return "source", BatchSource(batches, name)
+  return "one", batches
+
+
+class _Steps:
+  """A zero-argument factory of ``fn(0), ..., fn(K-1)`` (a step -> batch function as a data set)."""
+
+  def __init__(self, fn: Callable, count: int):
+    self.fn, self.count = fn, count
+
+  def __call__(self):
+    return (self.fn(s) for s in range(self.count))
 
 
 def batch_size(batch: Batch, name: str = "batch") -> int:
+  """The leading size shared by the batch's array leaves.
+
+  Scalars and PRNG keys are per-batch constants (not examples) and are skipped.
+  """
   leaves = jax.tree_util.tree_leaves(batch)
   if not leaves:
     raise ValueError(f"{name} has no array leaves; a batch is a pytree of arrays with a leading "
                      "batch dimension.")
-  sizes = {int(jnp.shape(x)[0]) if jnp.ndim(x) > 0 else None for x in leaves}
-  if None in sizes:
-    raise ValueError(f"{name} has a scalar leaf; every leaf needs a leading batch dimension.")
+  sizes = {int(jnp.shape(x)[0]) for x in leaves if jnp.ndim(x) > 0 and not _is_key(x)}
+  if not sizes:
+    raise ValueError(f"{name} has only scalar (or PRNG key) leaves; allowed: a pytree of arrays "
+                     "with a leading batch dimension (scalars and keys may ride along).")
   if len(sizes) != 1:
     raise ValueError(f"{name} leaves have different leading (batch) sizes {sorted(sizes)}; "
-                     "all leaves must share one batch size.")
+                     "all leaves must share one batch size (a raw uint32 dropout key belongs in "
+                     "key=, not in the batch).")
   (n,) = sizes
   if n == 0:
     raise ValueError(f"{name} has batch size 0; each batch needs at least one example.")
@@ -133,11 +205,17 @@ def _data_mesh(num_devices: int) -> Mesh:
 
 
 def place_batch(batch: Batch) -> Batch:
-  """Shard ``batch`` over local devices along its leading axis (replicate if it does not divide)."""
+  """``batch`` on device: on one device as is (no mesh, so no sharding enters a cache key); on
+  several, array leaves sharded along their leading axis (replicated if it does not divide),
+  scalars and keys replicated."""
   n = batch_size(batch)
+  if len(jax.devices()) == 1:
+    return jax.device_put(batch)
   mesh = _data_mesh(len(jax.devices()))
-  spec = PartitionSpec("data") if n % mesh.size == 0 else PartitionSpec()
-  return jax.device_put(batch, NamedSharding(mesh, spec))
+  split = NamedSharding(mesh, PartitionSpec("data") if n % mesh.size == 0 else PartitionSpec())
+  rep = NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(
+      lambda x: jax.device_put(x, split if jnp.ndim(x) > 0 and not _is_key(x) else rep), batch)
 
 
 class BatchSource:
@@ -147,7 +225,8 @@ class BatchSource:
     if isinstance(batches, collections.abc.Iterator):
       raise ValueError(
           f"{name} is a one-shot iterator ({type(batches).__name__}); the operator is applied many "
-          "times, so pass a list of batches or a zero-argument callable returning a fresh iterable.")
+          "times, so pass a list of batches, a zero-argument callable returning a fresh iterable, "
+          "or a step -> batch function with num_batches=.")
     self._batches = batches
     self._name = name
     first = next(iter(self), None)
@@ -161,145 +240,173 @@ class BatchSource:
 
 
 # ---------------------------------------------------------------------------
-# Per-batch products (jitted once per loss function).
-
-_HVP_CACHE: "weakref.WeakKeyDictionary[Callable, Callable]" = weakref.WeakKeyDictionary()
-_GGN_CACHE: "weakref.WeakKeyDictionary[Callable, dict]" = weakref.WeakKeyDictionary()
+# Model contract: the loss (or model) at fixed state, key and mode, as a pytree.
 
 
-def _cached(cache, key, make):
+def _check_params(params: PyTree, name: str = "params") -> FlatSpec:
+  """Refuse model state passed as parameters (flax variables dicts, a whole nnx state)."""
+  if isinstance(params, collections.abc.Mapping) and "params" in params and len(params) > 1:
+    others = sorted(str(k) for k in params if k != "params")
+    raise ValueError(
+        f"{name} is a flax variables dict with collections {others} beside 'params'; model "
+        "state is carried, never differentiated; allowed: params=variables['params'] and "
+        f"state={{{', '.join(repr(o) + ': ...' for o in others)}}} with a contract loss "
+        "loss_fn(params, batch, key, *, state, train) (see jaxlab.models.contract).")
+  if type(params).__module__.startswith("flax.nnx"):
+    from flax import nnx
+
+    kinds = {type(v).__name__ for v in jax.tree_util.tree_leaves(
+        params, is_leaf=lambda x: isinstance(x, nnx.Variable)) if isinstance(v, nnx.Variable)
+        and not isinstance(v, nnx.Param)}
+    if kinds:
+      raise ValueError(
+          f"{name} is an nnx state holding non-parameter variables {sorted(kinds)}; allowed: the "
+          "Param part, graphdef, params, state = nnx.split(model, nnx.Param, ...), with "
+          "state=state (see jaxlab.models.cnn.nnx_classifier_loss).")
+  return flat_spec(params, name)
+
+
+def _call_first(params, batch, *, fn, train):
+  return contract.call(fn, params, batch, train=train)[0]
+
+
+@functools.lru_cache(maxsize=512)
+def _plain_cached(fn: Callable, train: bool) -> Callable:
+  return functools.partial(_call_first, fn=fn, train=train)
+
+
+def probe_loss(loss_fn: Callable, *, state: Any = None, key: Any = None, train: bool = False,
+               name: str = "loss_fn") -> Partial:
+  """``(params, batch) -> scalar`` of a contract loss at fixed state, key and mode, as a
+  ``Partial`` whose leaves are state and key (so they enter jitted code as arguments).
+
+  One function object per (loss_fn, mode), so compiled products are reused across calls.
+  """
+  contract.check_loss(loss_fn, state=state, name=name)
+  f = contract.scalar_loss(loss_fn, key=key, state=state, train=bool(train))
+  if isinstance(f, Partial):
+    return f
   try:
-    fn = cache.get(key)
-  except TypeError:  # not weak-referenceable: build a fresh one
-    return make()
-  if fn is None:
-    fn = make()
-    cache[key] = fn
-  return fn
+    return Partial(_plain_cached(loss_fn, bool(train)))
+  except TypeError:  # unhashable callable
+    return Partial(functools.partial(_call_first, fn=loss_fn, train=bool(train)))
 
 
-def _check_v(params: PyTree, v: PyTree) -> None:
-  check_like(v, flat_spec(params, "params"), "v")
+def _apply_first(params, x, *, fn, train, has_aux):
+  spec = contract.loss_spec(fn)
+  args = [params, x] + ([jax.random.key(0)] if spec.takes_key else [])
+  out = fn(*args, **({"train": train} if spec.takes_train else {}))
+  return _outputs(out, has_aux)
 
 
-def _in_params_dtype(product: Callable, params: PyTree, v: PyTree) -> PyTree:
-  """``product(v)`` with v checked against params, cast to their dtypes, the result cast back."""
-  _check_v(params, v)
+def _apply_stateful(state, key, params, x, *, fn, train, has_aux):
+  spec = contract.loss_spec(fn)
+  args = [params, x]
+  if spec.takes_key:
+    args.append(jax.random.key(0) if key is None else key)
+  kwargs = {}
+  if spec.takes_state and state is not None:
+    kwargs["state"] = state
+  if spec.takes_train:
+    kwargs["train"] = train
+  return _outputs(fn(*args, **kwargs), has_aux)
+
+
+def _outputs(out, has_aux):
+  if has_aux is None:
+    return out[0] if isinstance(out, tuple) and len(out) == 2 else out
+  if has_aux:
+    if not (isinstance(out, tuple) and len(out) == 2):
+      raise ValueError(f"apply_fn returned a {type(out).__name__} with has_aux=True; allowed: "
+                       "a pair (outputs, aux).")
+    return out[0]
+  return out
+
+
+@functools.lru_cache(maxsize=512)
+def _apply_cached(fn: Callable, train: bool, has_aux: Any, stateful: bool) -> Callable:
+  f = _apply_stateful if stateful else _apply_first
+  return functools.partial(f, fn=fn, train=train, has_aux=has_aux)
+
+
+def probe_apply(apply_fn: Callable, *, state: Any = None, key: Any = None, train: bool = False,
+                has_aux: Any = None) -> Partial:
+  """``(params, x) -> outputs`` of a contract model at fixed state, key and mode (a ``Partial``)."""
+  if not callable(apply_fn):
+    raise ValueError(f"apply_fn={apply_fn!r} is not callable; allowed: apply_fn(params, x[, key]"
+                     "[, *, state, train]) -> outputs or (outputs, aux).")
+  spec = contract.loss_spec(apply_fn)
+  if state is not None and not spec.takes_state:
+    raise ValueError("apply_fn takes no `state` argument, but a model state was given; allowed: "
+                     "apply_fn(params, x, key=None, *, state, train) -> outputs or (outputs, aux).")
+  stateful = state is not None or key is not None
+  args = (state, key) if stateful else ()
+  try:
+    fn = _apply_cached(apply_fn, bool(train), has_aux, stateful)
+  except TypeError:
+    fn = functools.partial(_apply_stateful if stateful else _apply_first, fn=apply_fn,
+                           train=bool(train), has_aux=has_aux)
+  return Partial(fn, *args)
+
+
+# ---------------------------------------------------------------------------
+# Per-batch products. Every piece of data is an argument of one module-level jitted
+# function (the loss and model are Partials whose leaves are state and key), so a
+# compile is paid once per (function, shapes) and reused at any params and batch.
+
+
+def _xy(batch: Batch, name: str = "batch") -> tuple[Any, Any]:
+  if isinstance(batch, collections.abc.Mapping) and "x" in batch and "y" in batch:
+    return batch["x"], batch["y"]
+  if isinstance(batch, (tuple, list)) and len(batch) == 2:
+    return batch[0], batch[1]
+  raise ValueError(f"ggn_vp needs {name} to be a pair (x, y) or a dict with keys 'x' and 'y'; "
+                   f"got a {type(batch).__name__}.")
+
+
+def _hvp_lin(loss, params, batch):
+  """``v -> Hv`` from residuals of one linearization of the gradient."""
+  return jax.linearize(lambda p: jax.grad(loss)(p, batch), params)[1]
+
+
+def _hvp_direct(loss, params, batch):
+  """``v -> Hv`` by forward-over-reverse (primal recomputed per product)."""
+  grad = jax.grad(loss)
+  return lambda v: jax.jvp(lambda p: grad(p, batch), (params,), (v,))[1]
+
+
+def _per_example_hvp(out_loss, z, y, u):
+  return jax.jvp(lambda zz: jax.grad(out_loss)(zz, y), (z,), (u,))[1]
+
+
+def _ggn_lin(model, out_loss, params, batch):
+  """``v -> Jᵀ H_out J v / B`` (J v by linearize, H_out per example, Jᵀ by vjp)."""
+  x, y = _xy(batch)
+  n = batch_size(batch)
+  z, jvp_fn = jax.linearize(lambda p: model(p, x), params)
+  _, vjp_fn = jax.vjp(lambda p: model(p, x), params)
+
+  def gv(v):
+    hjv = jax.vmap(functools.partial(_per_example_hvp, out_loss))(z, y, jvp_fn(v))
+    return vjp_fn(jax.tree.map(lambda a: a / n, hjv))[0]
+
+  return gv
+
+
+def _casting(fn: Callable, params: PyTree, v: PyTree) -> PyTree:
+  """``fn(v)`` in the params' dtypes, the result cast back to v's dtypes."""
   v_p = jax.tree.map(lambda t, p: t.astype(p.dtype), v, params)
-  return jax.tree.map(lambda h, t: h.astype(t.dtype), product(v_p), v)
+  return jax.tree.map(lambda h, t: h.astype(t.dtype), fn(v_p), v)
 
 
-class _Product:
-  """A per-batch curvature product ``(params, batch, v) -> Mv``, jitted, plus its linearization.
-
-  One instance per loss (or model and output loss), so a ``Partial`` holding it
-  hashes alike at any params and batch and compiled loops are reused.
-  ``product(params, batch, v)`` and ``linearize(params, batch)(v)`` take ``v`` in
-  the params' dtypes; the latter is evaluated from stored residuals: the product
-  is linear in ``v`` at a fixed point, so a loop of many products (Lanczos) pays
-  the primal computation once (see :func:`linearized`).
-  """
-
-  def __init__(self, product: Callable, linearize: Callable):
-    self._product = jax.jit(
-        lambda params, batch, v: _in_params_dtype(functools.partial(product, params, batch),
-                                                  params, v))
-    self._linearize = linearize
-
-  def __call__(self, params: PyTree, batch: Batch, v: PyTree) -> PyTree:
-    return self._product(params, batch, v)
-
-  def linearize(self, params: PyTree, batch: Batch) -> Callable:
-    return functools.partial(_in_params_dtype, self._linearize(params, batch), params)
+@jax.jit
+def _hvp_product(loss, params, batch, v):
+  return _casting(_hvp_direct(loss, params, batch), params, v)
 
 
-def linearized(matvec: Callable) -> Callable:
-  """The same operator with its primal work done once, for a loop of many products.
-
-  For a single-batch :func:`hessian_vp` or :func:`ggn_vp` operator, returns
-  ``v -> Mv`` that evaluates only the tangent part of the product from residuals
-  computed now (``jax.linearize``: a Hessian-vector product then costs ≈ 2
-  gradients instead of ≈ 2.5-3, and a GGN product one forward-tangent and one
-  backward pass). Call it inside the ``jax.jit`` that runs the loop: the result
-  closes over the residuals and is not itself a pytree. Any other matvec is
-  returned unchanged. Lanczos, and with it ``top_eigenpairs``,
-  ``spectral_density`` and ``sharpness_callback``, does this internally.
-
-  Example:
-    >>> @jax.jit
-    ... def power(mv, v):
-    ...   lin = linearized(mv)
-    ...   return jax.lax.fori_loop(0, 20, lambda i, u: normalize(lin(u)), v)
-  """
-  if isinstance(matvec, Partial) and isinstance(matvec.func, _Product):
-    return matvec.func.linearize(*matvec.args)
-  return matvec
-
-
-def _make_hvp(loss_fn: Callable) -> _Product:
-  grad_fn = jax.jit(jax.grad(loss_fn))
-
-  def hvp(params, batch, v_p):
-    return jax.jvp(lambda p: grad_fn(p, batch), (params,), (v_p,))[1]
-
-  def linearize(params, batch):
-    return jax.linearize(lambda p: grad_fn(p, batch), params)[1]
-
-  return _Product(hvp, linearize)
-
-
-def _make_ggn(apply_fn: Callable, output_loss_fn: Callable, has_aux: bool) -> _Product:
-  def out_fn(params, x):
-    out = apply_fn(params, x)
-    return out[0] if has_aux else out
-
-  def per_example_hvp(z, y, u):
-    grad_z = lambda zz: jax.grad(output_loss_fn)(zz, y)
-    return jax.jvp(grad_z, (z,), (u,))[1]
-
-  def linearize(params, batch):
-    x, y = batch
-    n = batch_size(batch)
-    z, jvp_fn = jax.linearize(lambda p: out_fn(p, x), params)
-    _, vjp_fn = jax.vjp(lambda p: out_fn(p, x), params)
-
-    def gv(v_p):
-      hjv = jax.vmap(per_example_hvp)(z, y, jvp_fn(v_p))  # H_out J v, per example
-      return vjp_fn(jax.tree.map(lambda a: a / n, hjv))[0]  # J^T H_out J v / n
-
-    return gv
-
-  def ggn(params, batch, v_p):
-    return linearize(params, batch)(v_p)
-
-  return _Product(ggn, linearize)
-
-
-class DataSetOperator:
-  """``v -> Σ_b n_b · M_b v / Σ_b n_b`` over an iterable of batches (host loop, jitted per batch).
-
-  ``M_b`` is the per-batch Hessian or GGN of a loss that is a mean over the batch,
-  so the result is the operator of the mean loss over the whole data set.
-  """
-
-  host_loop = True  # tells lanczos/trace to drive matvecs from Python
-
-  def __init__(self, per_batch: Callable, params: PyTree, source: BatchSource):
-    self._per_batch = per_batch
-    self.params = params
-    self._source = source
-
-  def __call__(self, v: PyTree) -> PyTree:
-    _check_v(self.params, v)
-    total, count = None, 0
-    for i, batch in enumerate(self._source):
-      n = batch_size(batch, f"batch {i}")
-      mv = self._per_batch(self.params, place_batch(batch), v)
-      total = _scale(mv, n) if total is None else _axpy(total, mv, n)
-      count += n
-    if total is None:
-      raise ValueError("batches yielded no batch on this pass; pass at least one batch.")
-    return _scale(total, 1.0 / count)
+@jax.jit
+def _ggn_product(model, out_loss, params, batch, v):
+  return _casting(_ggn_lin(model, out_loss, params, batch), params, v)
 
 
 @jax.jit
@@ -312,98 +419,244 @@ def _scale(tree, c):
   return jax.tree.map(lambda a: a * c, tree)
 
 
-def _operator(product: "_Product", params: PyTree, batches: Any):
-  flat_spec(params, "params")
-  if _is_single_batch(batches):
-    return Partial(product, params, place_batch(batches))
-  source = BatchSource(batches)
-  batch_size(source.first, "batch 0")
-  return DataSetOperator(product, params, source)
+# ---------------------------------------------------------------------------
+# Operators.
 
 
-def hessian_vp(loss_fn: Callable, params: PyTree, batches: Any) -> Callable:
+@jax.tree_util.register_pytree_node_class
+class BatchOperator:
+  """``v -> M v`` for one in-memory batch: a pytree (params, batch, loss/model), so it can
+  also be passed into ``jax.jit`` and called there.
+
+  ``host_loop = True``: Lanczos, trace and density drive it from Python, one
+  compiled product per step. A product inside XLA:CPU's while loop ran
+  convolutions in a naive non-canonical form (30-100x slower, measured on
+  SmallCNN), and fusing the product into the loop made every new ``num_iters``
+  recompile it; one jitted product per step costs a few dispatches instead.
+  """
+
+  host_loop = True
+
+  def __init__(self, kind: str, fns: tuple, params: PyTree, batch: Batch, spec: FlatSpec = None):
+    self.kind, self.fns, self.params, self.batch = kind, fns, params, batch
+    self.spec = spec
+
+  def tree_flatten(self):
+    return (self.fns, self.params, self.batch), self.kind
+
+  @classmethod
+  def tree_unflatten(cls, kind, children):
+    return cls(kind, *children)
+
+  def __call__(self, v: PyTree) -> PyTree:
+    check_like(v, self.spec or flat_spec(self.params, "params"), "v")
+    if self.kind == "hvp":
+      return _hvp_product(*self.fns, self.params, self.batch, v)
+    return _ggn_product(*self.fns, self.params, self.batch, v)
+
+  def linearize(self) -> Callable:
+    """``v -> Mv`` from residuals computed now (call inside a jit; see :func:`linearized`)."""
+    lin = (_hvp_lin(*self.fns, self.params, self.batch) if self.kind == "hvp"
+           else _ggn_lin(*self.fns, self.params, self.batch))
+
+    def mv(v):
+      check_like(v, flat_spec(self.params, "params"), "v")
+      return _casting(lin, self.params, v)
+
+    return mv
+
+
+class DataSetOperator:
+  """``v -> Σ_b n_b · M_b v / Σ_b n_b`` over an iterable of batches (host loop, jitted per batch).
+
+  ``M_b`` is the per-batch Hessian or GGN of a loss that is a mean over the batch,
+  so the result is the operator of the mean loss over the whole data set.
+  """
+
+  host_loop = True  # tells lanczos/trace to drive matvecs from Python
+
+  def __init__(self, kind: str, fns: tuple, params: PyTree, source: Any, spec: FlatSpec):
+    self._kind, self._fns = kind, fns
+    self.params = params
+    self._source = source  # a list of placed batches, or a BatchSource (placed per pass)
+    self._spec = spec
+
+  def __call__(self, v: PyTree) -> PyTree:
+    check_like(v, self._spec, "v")
+    product = _hvp_product if self._kind == "hvp" else _ggn_product
+    streamed = isinstance(self._source, BatchSource)
+    total, count = None, 0
+    for i, batch in enumerate(self._source):
+      n = batch_size(batch, f"batch {i}")
+      mv = product(*self._fns, self.params, place_batch(batch) if streamed else batch, v)
+      total = _scale(mv, n) if total is None else _axpy(total, mv, n)
+      count += n
+    if total is None:
+      raise ValueError("batches yielded no batch on this pass; pass at least one batch.")
+    return _scale(total, 1.0 / count)
+
+
+def _operator(kind: str, fns: tuple, params: PyTree, batches: Any, num_batches: Any,
+              check: Callable = lambda b, name: None):
+  spec = _check_params(params)
+  how, data = _classify(batches, num_batches)
+  if how == "one":
+    batch_size(data, "batches")
+    check(data, "batches")
+    return BatchOperator(kind, fns, params, place_batch(data), spec)
+  if how == "many":
+    for i, b in enumerate(data):
+      batch_size(b, f"batch {i}")
+      check(b, f"batch {i}")
+    return DataSetOperator(kind, fns, params, [place_batch(b) for b in data], spec)
+  batch_size(data.first, "batch 0")
+  check(data.first, "batch 0")
+  return DataSetOperator(kind, fns, params, data, spec)
+
+
+def linearized(matvec: Callable) -> Callable:
+  """The same operator with its primal work done once, for a loop of many products.
+
+  For a single-batch :func:`hessian_vp` or :func:`ggn_vp` operator, returns
+  ``v -> Mv`` that evaluates only the tangent part of the product from residuals
+  computed now (``jax.linearize``: a Hessian-vector product then costs ≈ 2
+  gradients instead of ≈ 2.5-3, and a GGN product one forward-tangent and one
+  backward pass). Call it inside the ``jax.jit`` that runs the loop: the result
+  closes over the residuals and is not itself a pytree. Any other matvec is
+  returned unchanged. (jaxlab's own Lanczos, trace and density drive
+  single-batch operators from Python instead, one compiled product per step:
+  see :class:`BatchOperator`.)
+
+  Example:
+    >>> @jax.jit
+    ... def power(mv, v):
+    ...   lin = linearized(mv)
+    ...   return jax.lax.fori_loop(0, 20, lambda i, u: normalize(lin(u)), v)
+  """
+  if isinstance(matvec, BatchOperator):
+    return matvec.linearize()
+  return matvec
+
+
+_BATCHES_DOC = """batches: one batch, several, or a data set, read by this rule:
+      one batch is a dict (Mapping), an array, or a tuple whose elements are
+      not all containers (``(x, y)``, ``((x1, x2), y)``); several batches are a
+      list, or a tuple whose elements are all containers (dict/tuple/list) of
+      one pytree structure (``((x1, y1), (x2, y2))``; a tuple of containers of
+      different structures is ambiguous and raises); a data set is a
+      re-iterable, a zero-argument callable returning a fresh iterable, or a
+      step -> batch function (``jaxlab.data.Batches``) with ``num_batches``.
+      The operator is the mean over all examples: batch b of size n_b weighs
+      ``n_b / Σ n_b``, whatever the sizes. Scalar and PRNG-key leaves of a
+      batch ride along (no batch axis)."""
+
+
+def hessian_vp(loss_fn: Callable, params: PyTree, batches: Any, *, state: Any = None,
+               key: Any = None, train: bool = False, num_batches: int | None = None) -> Callable:
   """Hessian-vector product of a mean loss over one batch or a whole data set.
 
   Math:
-    ``Hv = ∂/∂ε ∇L(θ + εv)|_{ε=0}``, forward-over-reverse (a ``jax.jvp`` of
-    ``jax.grad``; Pearlmutter 1994). Over batches ``b`` of sizes ``n_b`` the
-    data-set Hessian of the per-example mean is ``H = Σ_b n_b H_b / Σ_b n_b``,
-    where ``H_b`` is the Hessian of ``loss_fn(params, batch_b)`` (a mean over
-    the batch), so a last batch of another size is weighted correctly.
+    ``Hv = ∂/∂ε ∇_θ L(θ + εv; s)|_{ε=0}``, forward-over-reverse (a ``jax.jvp``
+    of ``jax.grad``; Pearlmutter 1994), at fixed model state ``s``. Over
+    batches ``b`` of sizes ``n_b`` the data-set Hessian of the per-example mean
+    is ``H = Σ_b n_b H_b / Σ_b n_b``, where ``H_b`` is the Hessian of the loss
+    on batch b (a mean over the batch), so batches of any sizes are weighted
+    correctly.
 
   Args:
-    loss_fn: ``loss_fn(params, batch) -> scalar``, the mean loss over the batch.
-    params: the point θ, a pytree of floating arrays.
-    batches: one batch (a pytree of arrays with a leading batch axis; a tuple,
-      dict or array), or many: a list of batches, a re-iterable, or a
-      zero-argument callable returning a fresh iterable (e.g. a generator
-      function). Each batch is sharded over local devices along its first axis
-      when its size is a multiple of the device count, else replicated.
+    loss_fn: a loss of the model contract (:mod:`jaxlab.models.contract`):
+      ``loss_fn(params, batch[, key][, *, state, train]) -> loss`` or
+      ``(loss, aux)`` (aux is ignored).
+    params: the point θ, a pytree of floating arrays (the differentiated part
+      only: a flax variables dict with ``batch_stats`` or a whole nnx state is
+      refused).
+    {batches}
+    state: the model state (e.g. ``{{"batch_stats": ...}}``), held fixed and
+      never differentiated; None for a stateless model.
+    key: the rng of stochastic layers; None gives a fixed key (only read in
+      train mode by contract losses).
+    train: False (default): eval mode, running statistics, no dropout. True:
+      batch statistics of each batch (and dropout with ``key``); the state is
+      still neither differentiated nor updated.
+    num_batches: how many steps of a step -> batch function make the data set.
 
   Returns:
-    ``matvec(v) -> Hv`` with ``v`` and ``Hv`` shaped like ``params``. For one
-    batch it is a ``jax.tree_util.Partial`` (usable inside ``jax.jit``); for
-    several a :class:`DataSetOperator` (a host loop over jitted batches). One
-    call costs ≈ 2.5 gradients (primal, its tangent, and their backward pass);
-    inside a loop of products at the same point (Lanczos, or your own loop via
-    :func:`linearized`) the primal is computed once and each product costs ≈ 2.
+    ``matvec(v) -> Hv`` with ``v`` and ``Hv`` shaped like ``params``: a
+    :class:`BatchOperator` for one batch (a pytree, usable inside ``jax.jit``)
+    or a :class:`DataSetOperator` (a host loop over jitted batches). Either
+    compiles one product per (loss, shapes), reused at new params and batches.
 
   Raises:
-    ValueError: an empty iterable, a one-shot iterator, a batch without a
-      consistent leading axis, or (at call time) ``v`` not shaped like params.
+    ValueError: a bad batch (empty, one-shot iterator, inconsistent leading
+      axis, ambiguous tuple), a variables dict as params, a state the loss does
+      not take, a bad num_batches, or (at call time) ``v`` not shaped like params.
 
   Example:
-    >>> mv = hessian_vp(loss_fn, params, [(x1, y1), (x2, y2)])
+    >>> loss = jaxlab.models.linen_classifier_loss(model)
+    >>> mv = hessian_vp(loss, params, [b1, b2], state={{"batch_stats": stats}})
     >>> hv = mv(jax.tree.map(jnp.ones_like, params))
 
   References:
     Pearlmutter, "Fast exact multiplication by the Hessian", Neural Comput. 1994.
   """
-  return _operator(_cached(_HVP_CACHE, loss_fn, lambda: _make_hvp(loss_fn)), params, batches)
+  loss = probe_loss(loss_fn, state=state, key=key, train=train)
+  return _operator("hvp", (loss,), params, batches, num_batches)
 
 
 def ggn_vp(apply_fn: Callable, output_loss_fn: Callable, params: PyTree, batches: Any,
-           has_aux: bool = False) -> Callable:
+           has_aux: bool | None = None, *, state: Any = None, key: Any = None,
+           train: bool = False, num_batches: int | None = None) -> Callable:
   """Generalized Gauss-Newton-vector product ``Gv = (1/N) Σ_i J_iᵀ H_i J_i v``.
 
   Math:
-    With ``z_i = f(θ, x_i)`` the model output, ``J_i = ∂z_i/∂θ`` and
-    ``H_i = ∇²_z ℓ(z_i, y_i)`` the Hessian of the per-example output loss,
-    ``G = (1/N) Σ_i J_iᵀ H_i J_i`` (Schraudolph 2002, eq. 7; Martens 2020,
-    §5). ``J v`` comes from ``jax.linearize`` of ``apply_fn``, ``H_i (J v)_i``
-    from a forward-over-reverse product of ``ℓ`` per example (``vmap``), and
-    ``Jᵀ(·)`` from ``jax.vjp``. For softmax cross-entropy ``H_i = diag(p) − ppᵀ``.
+    With ``z_i = f(θ, x_i; s)`` the model output at fixed state ``s``,
+    ``J_i = ∂z_i/∂θ`` and ``H_i = ∇²_z ℓ(z_i, y_i)`` the Hessian of the
+    per-example output loss, ``G = (1/N) Σ_i J_iᵀ H_i J_i`` (Schraudolph 2002,
+    eq. 7; Martens 2020, §5). ``J v`` comes from ``jax.linearize`` of the
+    model, ``H_i (J v)_i`` from a forward-over-reverse product of ``ℓ`` per
+    example (``vmap``), and ``Jᵀ(·)`` from ``jax.vjp``. For softmax
+    cross-entropy ``H_i = diag(p) − ppᵀ``.
 
   Args:
-    apply_fn: ``apply_fn(params, x) -> outputs`` with a leading batch axis (or
-      ``(outputs, aux)`` when ``has_aux``).
+    apply_fn: the model in the contract's form,
+      ``apply_fn(params, x[, key][, *, state, train]) -> outputs`` or
+      ``(outputs, aux)`` (the first element is taken), outputs with a leading
+      batch axis. Read like a loss: a third positional parameter is the key,
+      keyword ``state`` and ``train`` are passed when it names them.
     output_loss_fn: ``output_loss_fn(output_i, y_i) -> scalar``, the loss of ONE
       example given its output; the training loss is its mean over examples.
-    params: the point θ.
-    batches: as in :func:`hessian_vp`; each batch is a pair ``(x, y)``.
-    has_aux: whether ``apply_fn`` returns ``(outputs, aux)``.
+    params: the point θ (the differentiated part only, as in :func:`hessian_vp`).
+    {batches} Each batch is a pair ``(x, y)`` or a dict with keys ``"x"``, ``"y"``.
+    has_aux: None (default): a returned pair is ``(outputs, aux)``; True: it
+      must be; False: the output is used as it is.
+    state, key, train: as in :func:`hessian_vp` (fixed state, eval mode by default).
+    num_batches: as in :func:`hessian_vp`.
 
   Returns:
-    ``matvec(v) -> Gv`` shaped like ``params`` (a ``Partial`` or a
+    ``matvec(v) -> Gv`` shaped like ``params`` (a :class:`BatchOperator` or a
     :class:`DataSetOperator`, as in :func:`hessian_vp`).
 
   Example:
     >>> ce = lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y)
-    >>> mv = ggn_vp(model.apply, ce, params, (x, y))
+    >>> mv = ggn_vp(model.apply, ce, params, {{"x": x, "y": y}})
 
   References:
     Schraudolph, "Fast curvature matrix-vector products for second-order
     gradient descent", Neural Comput. 2002. Martens, "New insights and
     perspectives on the natural gradient method", JMLR 2020.
   """
-  first = batches if _is_single_batch(batches) else None
-  if first is not None and not (isinstance(first, (tuple, list)) and len(first) == 2):
-    raise ValueError(f"ggn_vp needs each batch to be a pair (x, y); got {type(first).__name__}.")
-  per_model = _cached(_GGN_CACHE, apply_fn, dict)
-  key = (output_loss_fn, bool(has_aux))
-  if key not in per_model:
-    per_model[key] = _make_ggn(apply_fn, output_loss_fn, has_aux)
-  return _operator(per_model[key], params, batches)
+  if has_aux not in (None, True, False):
+    raise ValueError(f"has_aux is {has_aux!r}; allowed: None (auto), True or False.")
+  if not callable(output_loss_fn):
+    raise ValueError(f"output_loss_fn={output_loss_fn!r} is not callable; allowed: "
+                     "output_loss_fn(output_i, y_i) -> scalar.")
+  model = probe_apply(apply_fn, state=state, key=key, train=train, has_aux=has_aux)
+  return _operator("ggn", (model, Partial(output_loss_fn)), params, batches, num_batches,
+                   check=lambda b, name: _xy(b, name))
+
+
+hessian_vp.__doc__ = hessian_vp.__doc__.replace("{batches}", _BATCHES_DOC).replace("{{", "{").replace("}}", "}")
+ggn_vp.__doc__ = ggn_vp.__doc__.replace("{batches}", _BATCHES_DOC).replace("{{", "{").replace("}}", "}")
 
 
 # ---------------------------------------------------------------------------
@@ -430,7 +683,7 @@ def restrict_to_subtree(loss_fn: Callable, params: PyTree, where: Any
   ``∂²L/∂θ_S²`` of the Hessian for the selected leaves ``S``.
 
   Args:
-    loss_fn: ``loss_fn(params, batch) -> scalar``.
+    loss_fn: a contract loss ``loss_fn(params, batch[, key][, *, state, train])``.
     params: the full parameter pytree (the frozen values are taken from it).
     where: which leaves to keep: a path prefix (``"params/Dense_0"`` or a tuple
       of keys, matched component by component), a predicate
@@ -440,7 +693,8 @@ def restrict_to_subtree(loss_fn: Callable, params: PyTree, where: Any
   Returns:
     ``(sub_loss_fn, sub_params)``: ``sub_params`` is ``params`` with every
     unselected leaf replaced by ``None`` (an empty sub-tree, so tree maps and
-    the probes skip it), and ``sub_loss_fn(sub_params, batch)`` evaluates
+    the probes skip it), and ``sub_loss_fn(sub_params, batch, ...)`` (the same
+    contract form as ``loss_fn``: state, key and mode pass through) evaluates
     ``loss_fn`` with the frozen leaves put back.
 
   Example:
@@ -470,17 +724,23 @@ def restrict_to_subtree(loss_fn: Callable, params: PyTree, where: Any
   sub_params = jax.tree_util.tree_unflatten(
       treedef, [x if m else None for x, m in zip(leaves, mask, strict=True)])
 
-  def sub_loss_fn(sub, batch):
+  def sub_loss_fn(sub, batch, *args, **kwargs):
     sub_leaves = jax.tree_util.tree_flatten(sub, is_leaf=lambda t: t is None)[0]
     if len(sub_leaves) != len(leaves):
       raise ValueError("sub_loss_fn got a pytree not shaped like sub_params.")
     full = [s if m else x for s, x, m in zip(sub_leaves, leaves, mask, strict=True)]
-    return loss_fn(jax.tree_util.tree_unflatten(treedef, full), batch)
+    return loss_fn(jax.tree_util.tree_unflatten(treedef, full), batch, *args, **kwargs)
+
+  try:  # the same contract form as loss_fn (key, state, train), read from the signature
+    sub_loss_fn.__signature__ = inspect.signature(loss_fn)
+  except (TypeError, ValueError):
+    pass
 
   return sub_loss_fn, sub_params
 
 
 __all__ = [
+    "BatchOperator",
     "DataSetOperator",
     "hessian_vp",
     "ggn_vp",

@@ -13,8 +13,9 @@ labels:
   whose rows are usually added to other streams, so not scale-invariant);
 - normalizations: a module whose only leaves are 1-D `scale` and/or `bias` of
   one size (LayerNorm, BatchNorm, RMSNorm, GroupNorm); its kind is read from
-  the name (`BatchNorm_i`, `bn*`, `batch_norm*` → per channel; `LayerNorm_i`,
-  `ln*`, `RMSNorm_i`, `norm*`, anything else → per layer).
+  the model state when given (batch statistics `mean`/`var` → BatchNorm), else
+  from the name (`BatchNorm_i`, `bn*`, `batch_norm*` → per channel;
+  `LayerNorm_i`, `ln*`, `RMSNorm_i`, `norm*`, anything else → per layer).
 
 A weight layer is paired with the normalization it feeds when both sit in the
 same parent module, the normalization has as many features as the layer has
@@ -128,7 +129,34 @@ def _norm_kind(name: Any) -> str:
   return _NORM_WORDS.get(word, "layer")
 
 
-def _pairs(mods: list[_Module]) -> dict[tuple, _Module]:
+_COLLECTIONS = ("params", "batch_stats")
+
+
+def _strip(path: tuple) -> tuple:
+  return path[1:] if path and path[0] in _COLLECTIONS else path
+
+
+def _batch_stat_modules(state: Any) -> set[tuple]:
+  """Module paths (outer collection name dropped) whose model state has `mean` and `var`."""
+  found: dict[tuple, set] = {}
+  for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]:
+    names = tuple(_name(k) for k in path)
+    while len(names) > 1 and names[-1] in _WRAPPERS:
+      names = names[:-1]
+    if len(names) >= 2:
+      found.setdefault(_strip(names[:-1]), set()).add(names[-1])
+  return {p for p, leaves in found.items() if {"mean", "var"} <= leaves}
+
+
+def _kind_of(norm_path: tuple, bn: set[tuple] | None) -> str:
+  """"channel" for a BatchNorm (by its batch statistics when the state is known, else
+  by name), "layer" otherwise."""
+  if bn is not None:
+    return "channel" if _strip(norm_path) in bn else "layer"
+  return _norm_kind(norm_path[-1])
+
+
+def _pairs(mods: list[_Module], bn: set[tuple] | None = None) -> dict[tuple, _Module]:
   """{weight module path: the normalization module it feeds}."""
   by_parent: dict[tuple, list[tuple[_Module, str, int]]] = {}
   for m in mods:
@@ -153,7 +181,7 @@ def _pairs(mods: list[_Module]) -> dict[tuple, _Module]:
         fed_by.setdefault(n.path, []).append(m)
     for n_path, ms in fed_by.items():
       if len(ms) > 1:  # e.g. Conv_0 and Dense_0 of one width next to BatchNorm_0
-        per_channel = _norm_kind(n_path[-1]) == "channel"
+        per_channel = _kind_of(n_path, bn) == "channel"
         pref = [m for m in ms if (len(m.leaves["kernel"][1]) > 2) == per_channel]
         if len(pref) != 1:
           names = "/".join(map(str, n_path))
@@ -171,7 +199,7 @@ def _pairs(mods: list[_Module]) -> dict[tuple, _Module]:
   return out
 
 
-def flax_labels(params: Any, *, per_channel: bool = True) -> Any:
+def flax_labels(params: Any, *, per_channel: bool = True, state: Any = None) -> Any:
   """NaP labels for a flax model's params, derived from module names and leaf shapes.
 
   Works on linen params (`variables["params"]`, with or without the outer
@@ -185,13 +213,19 @@ def flax_labels(params: Any, *, per_channel: bool = True) -> Any:
     params: the params pytree.
     per_channel: False projects the layers feeding a BatchNorm per layer too
       (also a symmetry, a coarser one).
+    state: the model state (linen `{"batch_stats": ...}`, the non-Param nnx
+      state), optional: a normalization with batch statistics (`mean`, `var`)
+      is then a BatchNorm whatever its name, and one without is not. Without
+      it the kind is read from the name (see the module docstring). Pass it
+      as `nap_project(functools.partial(flax_labels, state=state))`.
 
   Raises:
     ValueError: when no Dense/Conv layer feeds a normalization (NaP needs
       one), or a normalization could be fed by several layers.
   """
   mods, leaves_with_path = _modules(params)
-  pairs = _pairs(mods)
+  bn = None if state is None else _batch_stat_modules(state)
+  pairs = _pairs(mods, bn)
   if not pairs:
     found = sorted("/".join(map(str, m.path)) + f" ({(m.kind() or ('other',))[0]})"
                    for m in mods)
@@ -207,7 +241,7 @@ def flax_labels(params: Any, *, per_channel: bool = True) -> Any:
       continue
     # Named by module path, without the outer "params" of a linen variables dict.
     name = "/".join(map(str, m.path[1:] if m.path[0] == "params" else m.path))
-    lab = PerChannel(name) if per_channel and _norm_kind(norm.path[-1]) == "channel" else name
+    lab = PerChannel(name) if per_channel and _kind_of(norm.path, bn) == "channel" else name
     for i, _ in m.leaves.values():
       labels[i] = lab
   treedef = jax.tree.structure(params)

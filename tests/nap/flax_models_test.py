@@ -254,3 +254,39 @@ def test_bad_input():
     nap.check_projected(optax.adam(1e-3).init(params))
   with pytest.raises(ValueError, match="no transforms"):
     nap.chain()
+
+
+def test_train_loop_stops_a_misplaced_projection():
+  # The user's case: optax.chain(nap_project(), optimizer) in the jitted train loop;
+  # norms_hook's check stops the run at its first log step instead of letting norms drift.
+  loss_fn, params, state = _linen()
+  batch_fn = lambda s: {"x": X, "y": Y}  # noqa: E731
+  hook = nap.norms_hook(2, 1e-3, labels=nap.default_labels)
+  with pytest.raises(ValueError, match=r"left the projection's sphere \(group 'Conv_\d'"):
+    train.train(loss_fn, params, optax.chain(nap.nap_project(), optax.adam(1e-3)), batch_fn,
+                num_steps=6, key=jax.random.key(0), log_every=2, hooks=(hook,),
+                progress=False, model_state=state)
+  result = train.train(loss_fn, params, nap.with_projection(optax.adam(1e-3)), batch_fn,
+                       num_steps=6, key=jax.random.key(0), log_every=2, hooks=(hook,),
+                       progress=False, model_state=state)
+  for g in ("Conv_0", "Conv_1"):  # float32 per-channel norms, as above
+    np.testing.assert_allclose(_ref_norms(result.state.params, g), _ref_norms(params, g),
+                               rtol=1e-5)
+
+
+def test_model_state_tells_batchnorm_whatever_its_name():
+  class Named(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+      self.norm = nnx.BatchNorm(4, rngs=rngs)  # "norm": read as per layer from the name alone
+      self.out = nnx.Linear(4, 2, rngs=rngs)
+
+  _, params, state = nnx.split(Named(nnx.Rngs(0)), nnx.Param, ...)
+  by_name = {v for v in _flat_labels(nap.flax_labels(params)).values() if v is not None}
+  assert by_name == {"conv"}
+  with_state = _flat_labels(nap.flax_labels(params, state=state))
+  assert {v for v in with_state.values() if v is not None} == {PerChannel("conv")}
+  # linen: batch_stats mark BatchNorm_i; a LayerNorm has none.
+  _, lp, ls = _linen()
+  assert nap.flax_labels(lp, state=ls) == nap.flax_labels(lp)
+  assert nap.flax_labels(lp, state={"batch_stats": {}})["Conv_0"]["kernel"] == "Conv_0"

@@ -3,6 +3,7 @@ verified checkpoints with fallback, torn rows, and one clean `error:` line
 (with its own exit code) for every way a workdir or a run can fail."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -110,7 +111,7 @@ def test_continue_flag_with_another_model_stops_on_the_checkpoint_structure(copy
   before = _snapshot(copy)
   with pytest.raises(errors.CheckpointError) as e:
     run.run(SPEC, copy, {**TINY, "model.hidden_sizes": (32, 16)}, allow_config_change=True)
-  assert "['params']" in str(e.value) and "float32[16, 16]" in str(e.value)
+  assert "params/dense_0/kernel: checkpoint float32[40, 16], run float32[40, 32]" in str(e.value)
   after = _snapshot(copy)
   for name, content in before.items():  # no file was deleted or changed but the config records
     if name not in ("config.json", "config_changes.jsonl"):
@@ -142,28 +143,46 @@ def test_second_process_is_refused_naming_the_holder_and_a_stale_lock_is_taken(c
 
 
 def _damage(workdir, step, how):
-  # The largest array-data file of the step (orbax's OCDBT chunks live in .../d/).
+  """Damages every array-data file of a step (orbax's OCDBT chunks live in .../d/):
+  one byte flipped in the middle of each, or each truncated to half."""
   state = os.path.join(workdir, "checkpoints", str(step), "state")
   files = [os.path.join(r, f) for r, _, fs in os.walk(state) for f in fs
            if os.path.basename(r) == "d"]
-  biggest = max(files, key=os.path.getsize)
-  with open(biggest, "r+b") as f:
-    if how == "flip":
-      f.seek(os.path.getsize(biggest) // 2)
-      b = f.read(1)
-      f.seek(-1, os.SEEK_CUR)
-      f.write(bytes([b[0] ^ 0x01]))
-    else:
-      f.truncate(os.path.getsize(biggest) // 2)
-  return biggest
+  assert files
+  for path in files:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+      if how == "flip":
+        f.seek(size // 2)
+        b = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([b[0] ^ 0x01]))
+      else:
+        f.truncate(size // 2)
+
+
+def _forge_digest(workdir, step):
+  """Makes one array's stored SHA-256 disagree with its data, as a flipped byte
+  that the reader decodes without complaint does (deterministically)."""
+  path = os.path.join(workdir, "checkpoints", str(step), "integrity", "metadata")
+  with open(path) as f:
+    record = json.load(f)
+  leaf = "params/dense_0/kernel"
+  record["leaves"][leaf]["sha256"] = "0" * 64
+  with open(path, "w") as f:
+    json.dump(record, f)
+  return leaf
 
 
 # The damaged-checkpoint runs go through the command line in a fresh process:
 # TensorStore's in-process cache would otherwise serve the bytes this test
 # process read earlier from the same-named data files of the copied workdir.
-@pytest.mark.parametrize("how", ["flip", "truncate"])
+@pytest.mark.parametrize("how", ["flip", "truncate", "digest"])
 def test_damaged_newest_checkpoint_falls_back_to_the_older_step(finished, copy, how):
-  _damage(copy, 40, how)
+  if how == "digest":
+    leaf = _forge_digest(copy, 40)
+  else:
+    _damage(copy, 40, how)
   rows_before = _rows(copy)
   out = _cli(f"--config={SPEC}", f"--workdir={copy}", *_overrides(TINY))
   assert out.returncode == 0, out.stderr[-3000:]
@@ -171,8 +190,8 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_step(finished, copy, 
   assert len(warning) == 1, out.stderr[-3000:]
   assert os.path.join(copy, "checkpoints", "40") in warning[0]
   assert "resuming from step 30" in warning[0]
-  if how == "flip":  # orbax reads the flipped byte without complaint; the checksum catches it
-    assert "checksum mismatch" in warning[0]
+  if how == "digest":  # data that reads back without error but is not what was saved
+    assert f"checksum mismatch in 1 array(s): {leaf}" in warning[0]
   rejected = os.listdir(os.path.join(copy, "checkpoints.rejected"))
   assert len(rejected) == 1 and rejected[0].startswith("40.")  # kept aside, not deleted
   assert _rows(copy) == rows_before == _rows(finished)

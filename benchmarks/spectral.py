@@ -3,6 +3,7 @@
 Run:  python benchmarks/spectral.py            # full (15-40 minutes on a 2-core CPU)
       python benchmarks/spectral.py --quick    # tiny model, seconds; torch optional
       python benchmarks/spectral.py --costs-only   # only HVP/grad and Lanczos overhead
+      python benchmarks/spectral.py --only cnn,first_call   # only those rows
 
 One MLP (tanh, softmax cross-entropy) trained with Adam in JAX on a 10-class
 Gaussian mixture (so its Hessian has the ~C outliers of real classifiers); its
@@ -18,7 +19,15 @@ both. Every number is compared at equal accuracy against a reference:
   * HVPs to reach a tolerance: top_eigenpairs (Lanczos) vs optax.power_iteration;
   * HVP time / gradient time (one call, and amortized in a loop of products at
     one point) and Lanczos overhead over its HVPs (100 steps, 1.1M parameters,
-    batches 1024 and 4096), with the loop's own cost on a diagonal matvec.
+    batches 1024 and 4096), with the loop's own cost on a diagonal matvec;
+  * first call: top_eigenpairs(k=1) on a ~100k-parameter MLP (batch 512) from a
+    cold start, compile included, against PyHessian's power iteration (tol 1e-3)
+    including its construction; then our warm call and a call with a new num_iters;
+  * CNN: 20 Lanczos steps on SmallCNN (Conv-BatchNorm-ReLU x2, eval mode at fixed
+    batch statistics) on 256 sklearn digits, per call after compile: one batch,
+    [batch], 4 batches of 64, and the old fused path (the product inside Lanczos's
+    jitted while loop), where XLA:CPU ran the convolutions' backward pass in a
+    naive non-canonical form. Target: one batch <= 1.2x the list.
 Wall times are warm (compiled); run on a shared machine they are noisy, the
 ratios measured in one run are what count.
 Prints a table and writes JSON (default benchmarks/results/spectral.json).
@@ -43,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxlab.spectral import operators as ops  # noqa: E402
 from jaxlab.spectral.density import spectral_density  # noqa: E402
+from jaxlab.spectral.eigen import top_eigenpairs  # noqa: E402
 from jaxlab.spectral.lanczos import lanczos, tridiagonal  # noqa: E402
 from jaxlab.spectral.trace import trace  # noqa: E402
 
@@ -51,12 +61,16 @@ FULL = dict(sizes=(32, 64, 64, 10), batch=512, train_steps=100, eig_tols=(1e-2, 
             hut_budgets=(96, 384, 1536), py_budgets=(96, 384, 1536, 6144), py_tols=(1e-3, 1e-4),
             trace_seeds=3, lanczos_grid=(4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80),
             ref_iters=150, slq=(80, 2), big_sizes=(64, 1024, 1024, 10), big_batches=(1024, 4096),
-            big_iters=100)
+            big_iters=100, first_sizes=(64, 300, 256, 10), first_batch=512,
+            cnn_features=(16, 32), cnn_examples=256, cnn_batches=4, cnn_iters=20, cnn_repeats=2)
 QUICK = dict(sizes=(8, 16, 16, 3), batch=64, train_steps=30, eig_tols=(1e-2, 1e-3),
              trace_tols=(0.1, 0.05), hpp_budgets=(12, 24), hut_budgets=(12, 24),
              py_budgets=(12, 24), py_tols=(1e-2,), trace_seeds=2,
              lanczos_grid=(4, 8, 16), ref_iters=None, slq=(20, 16),
-             big_sizes=(8, 64, 64, 3), big_batches=(64,), big_iters=20)
+             big_sizes=(8, 64, 64, 3), big_batches=(64,), big_iters=20,
+             first_sizes=(8, 32, 32, 3), first_batch=64,
+             cnn_features=(4, 4), cnn_examples=64, cnn_batches=4, cnn_iters=8, cnn_repeats=1)
+ROWS = ("cnn", "first_call")
 
 
 # ---------------------------------------------------------------------------
@@ -485,6 +499,126 @@ def bench_costs(cfg, seed=0):
   return dict(num_params=int(n), lanczos_iters=m, loop_s_per_step=t_loop / m, rows=rows)
 
 
+def bench_first_call(cfg, skip_peer):
+  """A cold top_eigenpairs(k=1), compile included, vs PyHessian's power iteration to tol 1e-3.
+
+  Run first in the process, so nothing of ours is compiled yet. The MLP is
+  trained briefly (its own train step compiles before the clock starts). The
+  reference is a 150-step float32 Lanczos (n ~ 100k: the top Ritz value is
+  converged far below 1e-3). PyHessian's time includes building its hessian
+  object; its tol stops when the relative change of the estimate is < 1e-3.
+  """
+  sizes = cfg["first_sizes"]
+  params = train(mlp_init(3, sizes), make_data(4, sizes, cfg["first_batch"]), 20)
+  batch = make_data(5, sizes, cfg["first_batch"])
+  n = sum(a.size for a in jax.tree_util.tree_leaves(params))
+  key = jax.random.key(0)
+  block(params)
+
+  def ours(num_iters=None):
+    t0 = time.perf_counter()
+    pairs = top_eigenpairs(ops.hessian_vp(loss_fn, params, batch), params, k=1, key=key,
+                           num_iters=num_iters)
+    return time.perf_counter() - t0, float(pairs.eigenvalues[0])
+
+  t_first, lam_first = ours()
+  t_warm, _ = ours()
+  m = min(n, max(2 + 30, 60)) + 1  # a num_iters not seen yet
+  t_new_iters, _ = ours(m)
+  ref = lanczos(ops.hessian_vp(loss_fn, params, batch), params, min(150, n), jax.random.key(9))
+  lam = float(np.linalg.eigvalsh(tridiagonal(ref.alphas, ref.betas))[-1])
+  out = dict(num_params=int(n), batch=cfg["first_batch"], ours_first_s=t_first,
+             ours_warm_s=t_warm, ours_new_num_iters_s=t_new_iters,
+             ours_rel_err=abs(lam_first - lam) / abs(lam), reference_lam=lam)
+  _, note, build = torch_side(params, batch, skip_peer)
+  if build is not None:
+    import torch
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    vals, _ = build().eigenvalues(maxIter=1000, tol=1e-3, top_n=1)
+    out["pyhessian_s"] = time.perf_counter() - t0
+    out["pyhessian_rel_err"] = abs(float(vals[0]) - lam) / abs(lam)
+  else:
+    out["pyhessian_note"] = note
+  return out
+
+
+def _fused_hvp(loss, params, batch, v):
+  return jax.jvp(lambda p: jax.grad(loss)(p, batch), (params,), (v,))[1]
+
+
+def bench_cnn(cfg):
+  """Per-call time (after compile) of Lanczos on SmallCNN: one batch vs a list of batches.
+
+  SmallCNN in eval mode at its initial batch statistics (the contract loss at
+  fixed state). ``fused`` passes a plain ``Partial`` matvec, which Lanczos runs
+  inside its jitted while loop: the path single batches took before (the
+  product fused into the loop), kept here to show what it costs.
+  """
+  from sklearn.datasets import load_digits
+
+  from jaxlab.models import cnn
+
+  d = load_digits()
+  n = cfg["cnn_examples"]
+  x = jnp.asarray((d.images[:n, :, :, None] / 16.0).astype(np.float32))
+  y = jnp.asarray(d.target[:n].astype(np.int32))
+  model = cnn.SmallCNN(features=tuple(cfg["cnn_features"]))
+  params, state = cnn.linen_init(model, jax.random.key(0), x[:2])
+  loss = cnn.linen_classifier_loss(model)
+  batch = {"x": x, "y": y}
+  k = cfg["cnn_batches"]
+  cut = np.linspace(0, n, k + 1).astype(int)
+  parts = [{"x": x[a:b], "y": y[a:b]} for a, b in zip(cut[:-1], cut[1:], strict=True)]
+  m = cfg["cnn_iters"]
+  n_params = sum(a.size for a in jax.tree_util.tree_leaves(params))
+  forms = {"one batch": lambda: ops.hessian_vp(loss, params, batch, state=state),
+           "[batch]": lambda: ops.hessian_vp(loss, params, [batch], state=state),
+           f"{k} batches": lambda: ops.hessian_vp(loss, params, parts, state=state),
+           "fused (old single-batch path)": lambda: Partial(
+               _fused_hvp, ops.probe_loss(loss, state=state), params, batch)}
+  rows = {}
+  for name, make in forms.items():
+    run = lambda make=make: block(lanczos(make(), params, m, jax.random.key(0)).alphas)
+    t0 = time.perf_counter()
+    run()
+    first = time.perf_counter() - t0
+    warm, _ = timeit(run, cfg["cnn_repeats"], warmup=False)
+    rows[name] = dict(first_s=first, warm_s=warm)
+  single, listed = rows["one batch"]["warm_s"], rows["[batch]"]["warm_s"]
+  return dict(num_params=int(n_params), examples=n, lanczos_iters=m, rows=rows,
+              single_over_list=single / listed,
+              single_over_k_batches=single / rows[f"{k} batches"]["warm_s"],
+              fused_over_single=rows["fused (old single-batch path)"]["warm_s"] / single)
+
+
+def print_first_call(f):
+  py = f.get("pyhessian_s")
+  print(f"\nfirst call, top eigenvalue of a {f['num_params']}-parameter MLP (batch {f['batch']}), "
+        "compile included:")
+  print("| | jaxlab top_eigenpairs(k=1) | PyHessian eigenvalues(tol=1e-3) |")
+  print("|---|---|---|")
+  print(f"| first call s | {f['ours_first_s']:.2f} | {fmt(py, '.2f')} |")
+  print(f"| rel err vs 150-step Lanczos | {f['ours_rel_err']:.1e} | "
+        f"{fmt(f.get('pyhessian_rel_err'), '.1e')} |")
+  print(f"| warm call s / new num_iters s | {f['ours_warm_s']:.2f} / "
+        f"{f['ours_new_num_iters_s']:.2f} | — |")
+  if "pyhessian_note" in f:
+    print(f"  ({f['pyhessian_note']})")
+
+
+def print_cnn(c):
+  print(f"\nCNN: {c['lanczos_iters']} Lanczos steps on SmallCNN ({c['num_params']} parameters), "
+        f"{c['examples']} digits, eval mode; per call after compile:")
+  print("| operator | first call s | per call s |")
+  print("|---|---|---|")
+  for name, r in c["rows"].items():
+    print(f"| {name} | {r['first_s']:.2f} | {r['warm_s']:.3f} |")
+  print(f"one batch / [batch] = {c['single_over_list']:.2f}x (target <= 1.2x); one batch / "
+        f"list of batches = {c['single_over_k_batches']:.2f}x; old fused path / one batch = "
+        f"{c['fused_over_single']:.1f}x")
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -515,12 +649,34 @@ def main(argv=None):
   ap.add_argument("--costs-only", action="store_true",
                   help="only the HVP/gradient and Lanczos-overhead measurements (writes "
                        "spectral_costs[_quick].json)")
+  ap.add_argument("--only", default=None,
+                  help=f"comma list of rows to run alone ({', '.join(ROWS)}); writes "
+                       "spectral_rows[_quick].json")
   ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/spectral"
                   "[_quick].json)")
   args = ap.parse_args(argv)
   cfg = QUICK if args.quick else FULL
   out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                       "spectral_quick.json" if args.quick else "spectral.json")
+
+  only = None if args.only is None else [r for r in args.only.split(",") if r]
+  if only is not None and (not only or any(r not in ROWS for r in only)):
+    ap.error(f"--only {args.only!r}; allowed: a comma list of {', '.join(ROWS)}")
+  if only is not None:
+    res = {}
+    if "first_call" in only:
+      res["first_call"] = bench_first_call(cfg, args.skip_peer)
+      print_first_call(res["first_call"])
+    if "cnn" in only:
+      res["cnn"] = bench_cnn(cfg)
+      print_cnn(res["cnn"])
+    path = args.out or out_path.replace("spectral", "spectral_rows")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(dict(config=cfg, platform=platform.platform(), jax=jax.__version__, **res), f,
+                indent=1)
+    print(f"\nwrote {path}")
+    return res
 
   if args.costs_only:
     costs = bench_costs(cfg)
@@ -533,6 +689,7 @@ def main(argv=None):
     print(f"\nwrote {path}")
     return dict(costs=costs)
 
+  first_call = bench_first_call(cfg, args.skip_peer)  # first: nothing of ours compiled yet
   sizes = cfg["sizes"]
   params = mlp_init(0, sizes)
   batch = make_data(1, sizes, cfg["batch"])
@@ -559,6 +716,8 @@ def main(argv=None):
   res["density"] = bench_density(params, batch, ref, cfg, n, build)
   res["power_iteration"] = bench_power_iteration(params, batch, ref, cfg, n)
   res["costs"] = bench_costs(cfg)
+  res["first_call"] = first_call
+  res["cnn"] = bench_cnn(cfg)
 
   rows = []
   for tol in cfg["eig_tols"]:
@@ -605,6 +764,8 @@ def main(argv=None):
   for tol, v in res["power_iteration"].items():
     print(f"| {tol:g} | {fmt(v['lanczos_hvps'])} | {fmt(v['power_iteration_hvps'])} |")
   print_costs(res["costs"])
+  print_first_call(res["first_call"])
+  print_cnn(res["cnn"])
   res["table"] = [dict(probe=nm, jaxlab_s=o, pyhessian_s=p, speedup=r) for nm, o, p, r in rows]
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
 

@@ -21,6 +21,7 @@ from jaxlab.spectral.density import (
 from jaxlab.spectral.eigen import Eigenpairs, top_eigenpairs
 from jaxlab.spectral.lanczos import LanczosResult, lanczos, tridiagonal
 from jaxlab.spectral.operators import (
+    BatchOperator,
     DataSetOperator,
     ggn_vp,
     hessian_vp,
@@ -30,6 +31,7 @@ from jaxlab.spectral.operators import (
 from jaxlab.spectral.trace import TraceEstimate, trace
 
 __all__ = [
+    "BatchOperator",
     "DataSetOperator",
     "Eigenpairs",
     "LanczosResult",

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from jaxlab.models import contract
 from jaxlab.spectral import operators as ops
 from jaxlab.spectral.lanczos import lanczos, resolve_dtype, tridiagonal
 from jaxlab.spectral.trace import METHODS, trace
@@ -34,7 +35,9 @@ class SharpnessHook:
     params = state.params
     spec = ops.flat_spec(params, "state.params")
     # the model state: the hook's own, else the train state's (e.g. BatchNorm statistics)
-    model_state = self.state if self.state is not None else getattr(state, "model_state", None)
+    model_state = self.state
+    if model_state is None and contract.loss_spec(self.loss_fn).takes_state:
+      model_state = getattr(state, "model_state", None)
     mv = ops.hessian_vp(self.loss_fn, params, self.batches, state=model_state, train=self.train,
                         num_batches=self.num_batches)
     key = jax.random.fold_in(jax.random.key(self.seed), int(step))
@@ -80,8 +83,8 @@ def sharpness_callback(loss_fn: Callable, batches: Any, every_steps: int, num_it
     seed: the probes use ``fold_in(key(seed), step)``; the train state's key is untouched.
     dtype: Lanczos/trace working dtype (``jnp.float64`` runs in an x64 scope).
     state: a fixed model state for the probe; None (default) reads the train
-      state's ``model_state`` at each call (the current BatchNorm statistics),
-      if it has one.
+      state's ``model_state`` at each call (the current BatchNorm statistics)
+      when the train state has one and ``loss_fn`` takes ``state``.
     train: probe in train mode (batch statistics), as in :func:`hessian_vp`.
     num_batches: with a step -> batch function (``jaxlab.data.Batches``), the
       number of steps that make the probe data set.
@@ -112,10 +115,7 @@ def sharpness_callback(loss_fn: Callable, batches: Any, every_steps: int, num_it
   how, data = ops._classify(batches, num_batches)  # validates before the first call
   for i, b in enumerate([data] if how == "one" else data if how == "many" else [data.first]):
     ops.batch_size(b, "batches" if how == "one" else f"batch {i}")
-  if state is not None:
-    from jaxlab.models import contract
-
-    contract.check_loss(loss_fn, state=state)
+  contract.check_loss(loss_fn, state=state)
   resolve_dtype(np.zeros(1, np.float32), dtype)
   return SharpnessHook(loss_fn, batches, every_steps, num_iters, bool(with_trace), trace_samples,
                        trace_method, int(seed), dtype, state, bool(train), num_batches)

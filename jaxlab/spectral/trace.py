@@ -78,7 +78,8 @@ def _blocks(count: int, block: int):
 
 class _Runner:
   """Blocked products for one operator: one jitted vmapped program per block size, or
-  (for a data-set operator, driven from Python) one host-loop matvec per row."""
+  (for a host-loop operator, i.e. any :func:`hessian_vp` / :func:`ggn_vp` operator, driven
+  from Python) one compiled matvec per row."""
 
   def __init__(self, matvec, spec, dtype, block):
     self.host = bool(getattr(matvec, "host_loop", False))
@@ -134,9 +135,12 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
     standard error of Hutch++ is that of the deflated Hutchinson term,
     conditional on Q (the first term is then exact).
 
-    Probes are drawn inside the jitted product from ``fold_in(key, row)`` and
-    applied ``block_size`` at a time (a ``vmap`` of the matvec), so nothing
-    recompiles when ``num_samples`` changes (except the QR of Hutch++'s sketch).
+    Probes are drawn from ``fold_in(key, row)`` and applied ``block_size`` at a
+    time: a ``vmap`` of the matvec for a plain (jittable) matvec, one compiled
+    product per probe for :func:`hessian_vp` / :func:`ggn_vp` operators (driven
+    from Python, like Lanczos: their product compiles once per shape), so
+    nothing recompiles when ``num_samples`` changes (except the QR of Hutch++'s
+    sketch).
     One probe per call is the default: on CPU a vmapped block of 16 HVPs measured
     ~25% slower per probe than 16 single HVPs (the batched dots run slower).
 

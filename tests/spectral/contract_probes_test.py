@@ -6,6 +6,7 @@ loss at the same state and mode, diagonalized by `numpy.linalg.eigvalsh`.
 """
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from sklearn.datasets import load_digits
 
 from jaxlab import data
 from jaxlab.models import cnn, contract
+from jaxlab.spectral import callbacks
 from jaxlab.spectral import operators as ops
 from jaxlab.spectral.eigen import top_eigenpairs
 from jaxlab.spectral.trace import trace
@@ -291,3 +293,21 @@ def test_restricted_contract_loss_keeps_its_form():
   hv = _flat(mv(ravel_pytree(sub)[1](jnp.asarray(v))))
   np.testing.assert_allclose(hv, Hs @ v, rtol=0, atol=1e-5 * np.abs(Hs @ v).max())
 
+
+
+class _TrainState(NamedTuple):
+  params: Any
+  model_state: Any
+
+
+def test_sharpness_callback_reads_the_train_states_model_state():
+  loss_fn, params, _, trained = _linen()
+  batch = _batch(0, 64)
+  hook = callbacks.sharpness_callback(loss_fn, batch, every_steps=1, num_iters=60)
+  lam = hook(0, _TrainState(params, trained))["sharpness"]
+  ref = _top(_dense_hessian(loss_fn, params, batch, state=trained), 1)[0]
+  assert abs(lam - ref) <= EIG_TOL * abs(ref)
+  # a loss without state ignores the train state's model_state
+  plain = lambda p, b: contract.call(loss_fn, p, b, state=trained, train=False)[0]
+  hook2 = callbacks.sharpness_callback(plain, batch, every_steps=1, num_iters=60)
+  assert abs(hook2(0, _TrainState(params, trained))["sharpness"] - ref) <= EIG_TOL * abs(ref)

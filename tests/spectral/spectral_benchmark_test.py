@@ -53,3 +53,21 @@ def test_costs_only(tmp_path, capsys):
 def test_benchmark_rejects_unknown_flag():
   with pytest.raises(SystemExit):
     _load().main(["--bogus"])
+
+
+def test_cnn_and_first_call_rows(tmp_path, capsys):
+  """--only cnn,first_call: the rows print and hold together (no timing asserts)."""
+  out = tmp_path / "rows.json"
+  _load().main(["--quick", "--skip-peer", "--only", "cnn,first_call", "--out", str(out)])
+  printed = capsys.readouterr().out
+  assert "one batch / [batch]" in printed and "first call s" in printed
+  res = json.loads(out.read_text())
+  cnn = res["cnn"]
+  assert set(cnn["rows"]) == {"one batch", "[batch]", "4 batches", "fused (old single-batch path)"}
+  assert all(r["warm_s"] > 0 and r["first_s"] > 0 for r in cnn["rows"].values())
+  first = res["first_call"]
+  # a float32 Lanczos of 60 steps on a 1,443-dimensional operator: converged to rounding
+  assert first["ours_rel_err"] < 1e-4 and first["ours_first_s"] > 0
+  assert first["pyhessian_note"].startswith("--skip-peer")
+  with pytest.raises(SystemExit):
+    _load().main(["--quick", "--only", "bogus"])

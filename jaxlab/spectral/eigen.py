@@ -34,7 +34,7 @@ class Eigenpairs(NamedTuple):
   ritz_residuals: (k,) float64 NumPy array, the cost-free estimate
     ``|β_m u_{m,i}|`` from the Lanczos relation. It assumes an exactly
     orthonormal basis and exact arithmetic, so it falls far below the attainable
-    accuracy (to 1e-28 for float32 once a pair converged) and cannot flag an
+    accuracy (0 or ~1e-28 once a float32 pair converged) and cannot flag an
     inaccurate vector computed in floating point; use it only to see how far a
     pair is from convergence in exact arithmetic.
   """
@@ -72,7 +72,7 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     symmetric A; Parlett, *The Symmetric Eigenvalue Problem*, Thm 4.5.1). The
     Lanczos relation ``A V = V T + β_m v_{m+1} e_mᵀ`` gives the same residual as
     ``|β_m u_{m,i}|`` without a product (Parlett §13.1), but only in exact
-    arithmetic: in float32 it reaches 1e-28 while the true residual stays near
+    arithmetic: in float32 it reaches 0 or 1e-28 while the true residual stays near
     eps·‖A‖ (or larger when the basis lost accuracy), so it is returned as
     ``ritz_residuals``, not as the check. The floor of ``r_i`` is the rounding
     of the product itself, about eps·|θ_i| (6e-7 for |θ| = 10 in float32).

@@ -272,11 +272,12 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
     of the exact ones (before this change: 7 false restarts, |VVᵀ − I| = 1).
 
   Cost: m products plus, per step, one or two Gram-Schmidt passes over the basis
-  (memory-bound, ``2 (m+1) n`` floats each). The float64 sums make the
-  reorthogonalization about 4x slower on CPU than float32 GEMVs: 130 ms a step
-  at n = 1e6, m = 80 on a 2-core CPU, against 30 ms before (measured where the
-  old code did not break down; a float32 row sum instead would be 51 ms but
-  loses accuracy as √n). On an accelerator the pass stays memory-bound. Pass
+  (memory-bound, ``2 (m+1) n`` floats each). The float64 sums make a step
+  2-4x slower on CPU than with float32 GEMVs: at n = 1e6, m = 80 on a 2-core
+  CPU, 130 ms against 30 ms when the machine was quiet, 190-320 against
+  90-150 ms under load (measured on a spectrum where the old code did not break
+  down; a float32 row sum would take about 51 ms but loses accuracy as √n).
+  Not yet measured on GPU or TPU (on TPU XLA emulates float64). Pass
   ``reorthogonalize=False`` only if you accept ghost eigenvalues.
 
   Args:

@@ -21,8 +21,8 @@ both. Every number is compared at equal accuracy against a reference:
     one point) and Lanczos overhead over its HVPs (100 steps, 1.1M parameters,
     batches 1024 and 4096), with the loop's own cost on a diagonal matvec;
   * first call: top_eigenpairs(k=1) on a ~100k-parameter MLP (batch 512) from a
-    cold start, compile included, against PyHessian's power iteration (tol 1e-3)
-    including its construction; then our warm call and a call with a new num_iters;
+    cold start, compile included, against PyHessian's power iteration to a
+    relative error <= 1e-3 (its fastest tol among 1e-3, 1e-4), construction included; then our warm call and a call with a new num_iters;
   * CNN: 20 Lanczos steps on SmallCNN (Conv-BatchNorm-ReLU x2, eval mode at fixed
     batch statistics) on 256 sklearn digits, per call after compile: one batch,
     [batch], 4 batches of 64, and the old fused path (the product inside Lanczos's
@@ -62,14 +62,14 @@ FULL = dict(sizes=(32, 64, 64, 10), batch=512, train_steps=100, eig_tols=(1e-2, 
             trace_seeds=3, lanczos_grid=(4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80),
             ref_iters=150, slq=(80, 2), big_sizes=(64, 1024, 1024, 10), big_batches=(1024, 4096),
             big_iters=100, first_sizes=(64, 300, 256, 10), first_batch=512,
-            cnn_features=(16, 32), cnn_examples=256, cnn_batches=4, cnn_iters=20, cnn_repeats=2)
+            cnn_features=(16, 32), cnn_examples=256, cnn_batches=4, cnn_iters=20, cnn_repeats=5)
 QUICK = dict(sizes=(8, 16, 16, 3), batch=64, train_steps=30, eig_tols=(1e-2, 1e-3),
              trace_tols=(0.1, 0.05), hpp_budgets=(12, 24), hut_budgets=(12, 24),
              py_budgets=(12, 24), py_tols=(1e-2,), trace_seeds=2,
              lanczos_grid=(4, 8, 16), ref_iters=None, slq=(20, 16),
              big_sizes=(8, 64, 64, 3), big_batches=(64,), big_iters=20,
              first_sizes=(8, 32, 32, 3), first_batch=64,
-             cnn_features=(4, 4), cnn_examples=64, cnn_batches=4, cnn_iters=8, cnn_repeats=1)
+             cnn_features=(4, 4), cnn_examples=64, cnn_batches=4, cnn_iters=8, cnn_repeats=2)
 ROWS = ("cnn", "first_call")
 
 
@@ -506,7 +506,9 @@ def bench_first_call(cfg, skip_peer):
   trained briefly (its own train step compiles before the clock starts). The
   reference is a 150-step float32 Lanczos (n ~ 100k: the top Ritz value is
   converged far below 1e-3). PyHessian's time includes building its hessian
-  object; its tol stops when the relative change of the estimate is < 1e-3.
+  object; its tol stops when the relative change of the estimate is < tol, which
+  is not its error, so tol 1e-3 and 1e-4 are run and the faster one whose error
+  is <= 1e-3 is reported.
   """
   sizes = cfg["first_sizes"]
   params = train(mlp_init(3, sizes), make_data(4, sizes, cfg["first_batch"]), 20)
@@ -533,11 +535,18 @@ def bench_first_call(cfg, skip_peer):
   _, note, build = torch_side(params, batch, skip_peer)
   if build is not None:
     import torch
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    vals, _ = build().eigenvalues(maxIter=1000, tol=1e-3, top_n=1)
-    out["pyhessian_s"] = time.perf_counter() - t0
-    out["pyhessian_rel_err"] = abs(float(vals[0]) - lam) / abs(lam)
+    runs = []
+    for tol in (1e-3, 1e-4):  # its tol bounds the change per iteration, not the error
+      torch.manual_seed(0)
+      t0 = time.perf_counter()
+      vals, _ = build().eigenvalues(maxIter=1000, tol=tol, top_n=1)
+      runs.append(dict(tol=tol, time_s=time.perf_counter() - t0,
+                       rel_err=abs(float(vals[0]) - lam) / abs(lam)))
+    out["pyhessian_runs"] = runs
+    ok = [r for r in runs if r["rel_err"] <= 1e-3]
+    best = min(ok, key=lambda r: r["time_s"]) if ok else runs[-1]
+    out["pyhessian_s"], out["pyhessian_rel_err"] = best["time_s"], best["rel_err"]
+    out["pyhessian_tol"] = best["tol"]
   else:
     out["pyhessian_note"] = note
   return out
@@ -578,13 +587,19 @@ def bench_cnn(cfg):
            "fused (old single-batch path)": lambda: Partial(
                _fused_hvp, ops.probe_loss(loss, state=state), params, batch)}
   rows = {}
-  for name, make in forms.items():
-    run = lambda make=make: block(lanczos(make(), params, m, jax.random.key(0)).alphas)
+  runs = {name: (lambda make=make: block(lanczos(make(), params, m, jax.random.key(0)).alphas))
+          for name, make in forms.items()}
+  for name, run in runs.items():
     t0 = time.perf_counter()
     run()
-    first = time.perf_counter() - t0
-    warm, _ = timeit(run, cfg["cnn_repeats"], warmup=False)
-    rows[name] = dict(first_s=first, warm_s=warm)
+    rows[name] = dict(first_s=time.perf_counter() - t0, warm_s=np.inf)
+  for _ in range(cfg["cnn_repeats"]):  # round robin: load changes hit every form alike
+    for name, run in runs.items():
+      if name.startswith("fused") and rows[name]["warm_s"] < np.inf:
+        continue  # one warm call of the slow path is enough
+      t0 = time.perf_counter()
+      run()
+      rows[name]["warm_s"] = min(rows[name]["warm_s"], time.perf_counter() - t0)
   single, listed = rows["one batch"]["warm_s"], rows["[batch]"]["warm_s"]
   return dict(num_params=int(n_params), examples=n, lanczos_iters=m, rows=rows,
               single_over_list=single / listed,
@@ -596,7 +611,8 @@ def print_first_call(f):
   py = f.get("pyhessian_s")
   print(f"\nfirst call, top eigenvalue of a {f['num_params']}-parameter MLP (batch {f['batch']}), "
         "compile included:")
-  print("| | jaxlab top_eigenpairs(k=1) | PyHessian eigenvalues(tol=1e-3) |")
+  print(f"| | jaxlab top_eigenpairs(k=1) | PyHessian eigenvalues(tol={f.get('pyhessian_tol', 1e-3):g}), "
+        "the fastest tol reaching rel err <= 1e-3 |")
   print("|---|---|---|")
   print(f"| first call s | {f['ours_first_s']:.2f} | {fmt(py, '.2f')} |")
   print(f"| rel err vs 150-step Lanczos | {f['ours_rel_err']:.1e} | "

@@ -478,17 +478,18 @@ class DataSetOperator:
   def __init__(self, kind: str, fns: tuple, params: PyTree, source: Any, spec: FlatSpec):
     self._kind, self._fns = kind, fns
     self.params = params
-    self._source = source  # a list of placed batches, or a BatchSource (placed per pass)
+    # a list or a BatchSource; batches are placed per pass (host batches stream to
+    # the device one at a time, as the data set need not fit in device memory)
+    self._source = source
     self._spec = spec
 
   def __call__(self, v: PyTree) -> PyTree:
     check_like(v, self._spec, "v")
     product = _hvp_product if self._kind == "hvp" else _ggn_product
-    streamed = isinstance(self._source, BatchSource)
     total, count = None, 0
     for i, batch in enumerate(self._source):
       n = batch_size(batch, f"batch {i}")
-      mv = product(*self._fns, self.params, place_batch(batch) if streamed else batch, v)
+      mv = product(*self._fns, self.params, place_batch(batch), v)
       total = _scale(mv, n) if total is None else _axpy(total, mv, n)
       count += n
     if total is None:
@@ -508,7 +509,7 @@ def _operator(kind: str, fns: tuple, params: PyTree, batches: Any, num_batches: 
     for i, b in enumerate(data):
       batch_size(b, f"batch {i}")
       check(b, f"batch {i}")
-    return DataSetOperator(kind, fns, params, [place_batch(b) for b in data], spec)
+    return DataSetOperator(kind, fns, params, data, spec)
   batch_size(data.first, "batch 0")
   check(data.first, "batch 0")
   return DataSetOperator(kind, fns, params, data, spec)

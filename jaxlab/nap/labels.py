@@ -27,6 +27,11 @@ outputs, and
 - in a list (`nnx.Sequential`, `nnx.List`): the normalization is the next
   entry with parameters.
 
+When names leave a choice (`Dense_0` next to `LayerNorm_0` and `RMSNorm_0` of
+one width; `Conv_0` and `Dense_0` next to `BatchNorm_0`), a convolution goes
+with a BatchNorm and a Dense with a LayerNorm/RMSNorm; a choice still open
+raises a ValueError rather than a guess.
+
 The order of a dict cannot be used: `jax.tree.map` (hence every optimizer
 step) rebuilds dicts with sorted keys, and nnx states are sorted anyway.
 
@@ -60,7 +65,7 @@ _WEIGHT_WORDS = ("convtranspose", "conv_transpose", "densegeneral", "dense_gener
                  "dense", "linear", "fc")
 _NORM_WORDS = {"batchnorm": "channel", "batch_norm": "channel", "bn": "channel",
                "layernorm": "layer", "layer_norm": "layer", "ln": "layer",
-               "rmsnorm": "layer", "rms_norm": "layer", "groupnorm": "layer",
+               "rmsnorm": "layer", "rms_norm": "layer", "rms": "layer", "groupnorm": "layer",
                "group_norm": "layer", "gn": "layer", "norm": "layer"}
 _EMBED_WORDS = ("embed", "embedding", "emb")
 _WORDS = sorted((*_WEIGHT_WORDS, *_NORM_WORDS, *_EMBED_WORDS), key=len, reverse=True)
@@ -124,6 +129,10 @@ def _modules(params: Any) -> tuple[list[_Module], list]:
   return list(mods.values()), leaves_with_path
 
 
+def _path_str(path: tuple) -> str:
+  return "/".join(map(str, path))
+
+
 def _norm_kind(name: Any) -> str:
   word, _ = _split_name(name)
   return _NORM_WORDS.get(word, "layer")
@@ -175,27 +184,39 @@ def _pairs(mods: list[_Module], bn: set[tuple] | None = None) -> dict[tuple, _Mo
     cands = {m.path: [n for n, ns in norms
                       if ns == s and _split_name(n.path[-1])[1] == _split_name(m.path[-1])[1]]
              for m, s in weights}
+
+    def fits(m: _Module, n: _Module) -> bool:  # conv ↔ BatchNorm, dense ↔ LayerNorm/RMSNorm
+      return (len(m.leaves["kernel"][1]) > 2) == (_kind_of(n.path, bn) == "channel")
+
+    def ambiguous(what: str, names: list) -> ValueError:
+      return ValueError(f"flax_labels: {what} {names}; allowed: params whose layer and "
+                        "normalization names pair one to one, e.g. Conv_i/BatchNorm_i, "
+                        "conv1/bn1 (write labels for this model, and check them with "
+                        "check_scale_invariance)")
+
+    chosen: dict[tuple, _Module] = {}
+    for m, _ in weights:
+      cs = cands[m.path]
+      if len(cs) > 1:  # e.g. Dense_0 next to LayerNorm_0 and RMSNorm_0 of one width
+        cs = [n for n in cs if fits(m, n)]
+        if len(cs) != 1:
+          raise ambiguous(f"module {_path_str(m.path)!r} could feed each of",
+                          [_path_str(n.path) for n in cands[m.path]])
+      if cs:
+        chosen[m.path] = cs[0]
     fed_by: dict[tuple, list[_Module]] = {}
     for m, _ in weights:
-      for n in cands[m.path]:
-        fed_by.setdefault(n.path, []).append(m)
-    for n_path, ms in fed_by.items():
+      if m.path in chosen:
+        fed_by.setdefault(chosen[m.path].path, []).append(m)
+    for ms in fed_by.values():
+      n = chosen[ms[0].path]
       if len(ms) > 1:  # e.g. Conv_0 and Dense_0 of one width next to BatchNorm_0
-        per_channel = _kind_of(n_path, bn) == "channel"
-        pref = [m for m in ms if (len(m.leaves["kernel"][1]) > 2) == per_channel]
+        pref = [m for m in ms if fits(m, n)]
         if len(pref) != 1:
-          names = "/".join(map(str, n_path))
-          raise ValueError(f"flax_labels: modules {['/'.join(map(str, m.path)) for m in ms]} "
-                           f"could each feed the normalization {names!r}; allowed: params "
-                           "whose layer and normalization names pair one to one (write "
-                           "labels for this model)")
-        fed_by[n_path] = pref
-    for n_path, ms in fed_by.items():
-      m = ms[0]
-      if len(cands[m.path]) == 1:
-        out[m.path] = next(n for n, _ in norms if n.path == n_path)
-      # A layer with several candidate norms (suffix collision of different families)
-      # is left free: pairing it wrongly would constrain a layer that is not invariant.
+          raise ambiguous(f"modules {[_path_str(m.path) for m in ms]} could each feed",
+                          [_path_str(n.path)])
+        ms = pref
+      out[ms[0].path] = n
   return out
 
 
@@ -221,7 +242,7 @@ def flax_labels(params: Any, *, per_channel: bool = True, state: Any = None) -> 
 
   Raises:
     ValueError: when no Dense/Conv layer feeds a normalization (NaP needs
-      one), or a normalization could be fed by several layers.
+      one), or the names leave open which layer feeds which normalization.
   """
   mods, leaves_with_path = _modules(params)
   bn = None if state is None else _batch_stat_modules(state)

@@ -1,4 +1,5 @@
 """NaP on flax models with no hand-written labels: linen SmallCNN, an nnx CNN, misuse caught."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -241,7 +242,8 @@ def test_bad_input():
   ambiguous = {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.zeros(4)},
                "conv_0": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.zeros(4)},
                "BatchNorm_0": {"scale": jnp.ones(4), "bias": jnp.zeros(4)}}
-  with pytest.raises(ValueError, match="could each feed the normalization 'BatchNorm_0'"):
+  with pytest.raises(ValueError,
+                     match=r"modules \['Conv_0', 'conv_0'\] could each feed \['BatchNorm_0'\]"):
     nap.flax_labels(ambiguous)
   with pytest.raises(ValueError, match=r"PerChannel group 'g' has leaves of shapes"):
     nap.group_norms({"a": jnp.ones((2, 3)), "b": jnp.ones(4)},
@@ -318,3 +320,49 @@ def test_bfloat16_rounding_is_not_drift_but_misuse_is():
   _, s = run(optax.chain(nap.nap_project(), optax.adam(1e-2)), 5)
   with pytest.raises(ValueError, match="left the projection's sphere"):
     nap.check_projected(s)
+
+
+class LinenMixed(nn.Module):
+  """Embed, Dense → LayerNorm twice, fc_out → rms_out (RMSNorm), a Dense readout."""
+
+  @nn.compact
+  def __call__(self, tok):
+    x = nn.Embed(20, 16)(tok).mean(axis=1)
+    x = nn.relu(nn.LayerNorm()(nn.Dense(16)(x)))
+    x = nn.relu(nn.LayerNorm()(nn.Dense(16)(x)))
+    x = nn.relu(nn.RMSNorm(name="rms_out")(nn.Dense(24, name="fc_out")(x)))
+    return nn.Dense(5)(x)
+
+
+def test_linen_embed_layernorm_rmsnorm_per_layer_groups():
+  module = LinenMixed()
+  tok = jax.random.randint(jax.random.key(2), (32, 6), 0, 20)
+  y = jnp.arange(32) % 5
+  params = module.init(jax.random.key(0), tok)["params"]
+  labels = nap.default_labels(params)
+  flat = {k: v for k, v in _flat_labels(labels).items() if v is not None}
+  assert flat == {f"['{m}']['{n}']": m for m in ("Dense_0", "Dense_1", "fc_out")
+                  for n in ("kernel", "bias")}  # Embed_0, the norms and Dense_2 free
+
+  def loss(p):
+    return optax.softmax_cross_entropy_with_integer_labels(module.apply({"params": p}, tok),
+                                                           y).mean()
+
+  @jax.jit
+  def step(p, s):
+    u, s = tx.update(jax.grad(loss)(p), s, p)
+    return optax.apply_updates(p, u), s
+
+  tx = nap.with_projection(optax.adam(0.05))
+  p, s = params, tx.init(params)
+  for _ in range(5):
+    p, s = step(p, s)
+  for m in ("Dense_0", "Dense_1", "fc_out"):  # float32 norms of ≤ 400 entries
+    np.testing.assert_allclose(_np_layer_norm(_np_module(p, m)),
+                               _np_layer_norm(_np_module(params, m)), rtol=1e-5)
+  # LayerNorm/RMSNorm eps (1e-6) against pre-activation variances O(1e-2): ≤ 1e-3 relative.
+  nap.check_scale_invariance(lambda q: module.apply({"params": q}, tok), p)
+  # Mixed auto-names whose indices do not line up are refused, not guessed.
+  bad = dict(params, RMSNorm_0={"scale": params["LayerNorm_0"]["scale"]})
+  with pytest.raises(ValueError, match=r"module 'Dense_0' could feed each of"):
+    nap.flax_labels(bad)

@@ -366,3 +366,17 @@ def test_linen_embed_layernorm_rmsnorm_per_layer_groups():
   bad = dict(params, RMSNorm_0={"scale": params["LayerNorm_0"]["scale"]})
   with pytest.raises(ValueError, match=r"module 'Dense_0' could feed each of"):
     nap.flax_labels(bad)
+
+
+def test_nnx_derived_groups_are_symmetries():
+  graphdef, params, state = nnx.split(NnxCNN(nnx.Rngs(0)), nnx.Param, ...)
+  loss_fn = nnx_classifier_loss(graphdef)
+  params, state, _ = _train(loss_fn, params, state, nap.with_projection(optax.adam(0.05)), 3)
+
+  def fn(p):  # train mode: BatchNorm on batch statistics
+    model = nnx.merge(graphdef, p, state)
+    model.train()
+    return model(X)
+
+  # BatchNorm/LayerNorm eps (1e-5, 1e-6) against variances ≥ ~1e-2: ≤ 1e-3 relative.
+  assert sorted(nap.check_scale_invariance(fn, params)) == ["conv1", "conv2", "mlp/layers/0"]

@@ -339,9 +339,9 @@ def check_projected(opt_state: Any, params: Any = None, *, labels: Labels | None
 
   Reads every `NapProjectState` inside `opt_state` (any nesting: optax.chain,
   inject_hyperparams, MultiSteps): its drift is the largest relative
-  deviation |‖θ_g‖/ρ_g − 1| of the params the projection was handed, ~1e-6
-  in float32 when `nap_project` is last, and growing step by step when
-  something after it changes the updates (the misplaced
+  deviation |‖θ_g‖/ρ_g − 1| of the params the projection was handed, beyond
+  4·eps of their dtype (rounding). It is 0 when `nap_project` is last, and
+  grows step by step when something after it changes the updates (the misplaced
   `optax.chain(nap_project(), optax.adam(lr))` lets the norms drift as if
   unprojected). Given `params` (and the projection's `labels` if they are
   not the default), the current params are checked too, which also covers

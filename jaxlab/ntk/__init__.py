@@ -1,5 +1,7 @@
 """NTK toolkit: analytic kernels of fully connected nets of any depth,
-empirical kernels, infinite-width GD prediction, vmapped ensembles of two-layer
+empirical NTK and Monte Carlo NNGP of any model (the model contract: params,
+state, (y, aux)), infinite-width GD prediction with analytic or user kernels
+(`gp_predict`, `kernel_gp`), vmapped ensembles of two-layer
 nets, and the permutation-learning study's library (Giapitzakis, Back de Luca,
 Fountoulakis 2025, arXiv:2502.16763)."""
 from jaxlab.ntk.empirical import auto_choices, choose_method, empirical_nngp, empirical_ntk

@@ -33,24 +33,34 @@ Two ways to compute the NTK, picked by `method`:
 * "ntvp": never builds a Jacobian. For each of the N2 O output directions
   (j, q), a VJP of f(x2_j) gives v = J2[j, q]^T (params-shaped) and a JVP of
   f(x1) along v gives J1 v = Theta[:, j, :, q]. Cost about N2 O (backward of
-  one example + a forward-with-tangent of the N1 examples); memory O(P + N1 O)
-  per direction (`ntvp_chunk` directions at once). It wins where a forward
-  pass costs little next to P N2 O contractions: few params per FLOP gone...
-  see "auto".
-* "auto" (default): times both methods once, on one block of the actual block
-  shape, the first time it sees a given (apply_fn, params/state shapes, block
-  shapes, trace_axes), and caches the faster (see `choose_method`). Under
-  `jax.jit` (traced params: nothing can be timed) it uses the cached choice
-  when there is one, else the Jacobian method (the measured winner on every
-  benchmark row with traced inputs is not knowable; see benchmarks/ntk.py).
+  one example + a forward-with-tangent of the N1 examples), whether traced or
+  not; memory O(P + N1 O) per direction (`ntvp_chunk` directions at once).
+* "auto" (default): measured, not modelled. The first time it meets a given
+  (apply_fn object, params/state/block shapes and dtypes, trace_axes,
+  backend) it times both methods on the first PROBE_ROWS = 16 rows of the
+  block (at zeros of the same shapes: the cost does not depend on the values,
+  and zeros can be timed even when params are tracers under `jax.jit`), and
+  caches the faster (`auto_choices()` lists the choices and times). Only a
+  Jacobian over `memory_budget_bytes` is ruled out without timing. The first
+  call pays both methods' compiles on the probe (2-5 s on a 2-core CPU for
+  the benchmark's models); later calls with the same apply_fn object pay
+  nothing -- so keep one apply_fn, not a new lambda per call.
+
+  Why measured: the winner depends on the model, not on the memory. On a
+  2-core CPU (benchmarks/ntk.py, traced kernel, N = 8-64): a width-512 MLP
+  (285k params, O = 10) is 1.7-2.9x faster with "ntvp" (5x with
+  trace_axes=()), while SmallCNN (5k params whose convolutions are reused at
+  64 positions: a forward pass costs far more than P multiply-adds) is 4-17x
+  faster with "jacobian". A FLOP model would need each layer's reuse factor;
+  the ratio at 16 rows had the same sign as at 64 on both. The probe is a
+  slice: a model whose costs cross between 16 rows and the block size can be
+  given the slower method (pass `method=` then, or time at your block size
+  with `batch_size=16`).
 
 `batch_size=b` splits x1 and x2 into blocks of b rows (the last padded by
 repeating its last row, so every block has one shape and one compile) and
 assembles the kernel block by block: device memory is that of a (b, b)
 problem. With x2 None only the blocks on and above the diagonal are computed.
-
-Measured (benchmarks/ntk.py, 2-core CPU): see the module docstring there and
-benchmarks/results/ntk.json.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Empirical NTK/NNGP of jaxlab and flax models: the model contract (state, (y, aux)),
 trace_axes, batching, "auto", the Monte Carlo NNGP and GP prediction with user kernels."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ from jaxlab import models, ntk
 from jaxlab.ntk import empirical
 
 
+@functools.lru_cache(maxsize=None)
 def _cnn(num_classes=3):
   module = models.SmallCNN(features=(4, 8), num_classes=num_classes)
   x1 = jax.random.normal(jax.random.key(1), (7, 8, 8, 1))
@@ -27,18 +30,21 @@ def _cnn(num_classes=3):
   return apply, params, state, x1, x2
 
 
-def _dense_ntk(apply, params, x1, x2, **kw):
+@functools.lru_cache(maxsize=None)
+def _cnn_dense_ntk():
   """Independent reference: jax.jacobian over the flattened params, J1 J2^T (N1, N2, O, O)."""
+  apply, params, state, x1, x2 = _cnn()
   flat, unravel = ravel_pytree(params)
-  j1 = np.asarray(jax.jacobian(lambda f: apply(unravel(f), x1, **kw))(flat), np.float64)
-  j2 = np.asarray(jax.jacobian(lambda f: apply(unravel(f), x2, **kw))(flat), np.float64)
+  jac = jax.jit(jax.jacobian(lambda f, x: apply(unravel(f), x, state=state)))
+  j1 = np.asarray(jac(flat, x1), np.float64)
+  j2 = np.asarray(jac(flat, x2), np.float64)
   return np.einsum("iop,jqp->ijoq", j1, j2)
 
 
 @pytest.mark.parametrize("method", ["jacobian", "ntvp", "auto"])
 def test_small_cnn_eval_mode_matches_dense_jacobian(method):
   apply, params, state, x1, x2 = _cnn()
-  ref = _dense_ntk(apply, params, x1, x2, state=state)
+  ref = _cnn_dense_ntk()
   scale = np.abs(ref).max()
   assert np.abs(ref[:, :, 0, 1]).max() > 1e-2 * scale  # outputs are coupled: full != trace
   full = ntk.empirical_ntk(apply, params, x1, x2, state=state, method=method, trace_axes=())
@@ -82,21 +88,21 @@ def test_apply_returning_y_aux_and_the_train_keyword():
 
 
 @pytest.mark.parametrize("method", ["jacobian", "ntvp"])
-@pytest.mark.parametrize("trace_axes", [(), (-1,)])
-def test_batching_gives_the_unbatched_kernel(method, trace_axes):
+def test_batching_gives_the_unbatched_kernel(method):
   apply, params, state, x1, x2 = _cnn()
-  kw = dict(state=state, method=method, trace_axes=trace_axes)
-  for a, b in ((x1, x2), (x1, None)):
-    whole = np.asarray(ntk.empirical_ntk(apply, params, a, b, **kw))
-    for bs in (1, 3, 5):  # 7 and 5 rows: ragged last blocks, padded
-      got = ntk.empirical_ntk(apply, params, a, b, batch_size=bs, **kw)
+  for trace_axes in ((), (-1,)):
+    kw = dict(state=state, method=method, trace_axes=trace_axes)
+    for a, b in ((x1, x2), (x1, None)):  # None: the mirrored upper blocks
+      whole = np.asarray(ntk.empirical_ntk(apply, params, a, b, **kw))
+      got = ntk.empirical_ntk(apply, params, a, b, batch_size=3, **kw)  # 7, 5 rows: ragged
       assert got.shape == whole.shape
       # The same products summed in another order: float32 rounding only.
       np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
 
 
 def test_auto_times_both_methods_once_and_caches_the_faster():
-  apply, params, state, x1, x2 = _cnn()
+  cnn_apply, params, state, x1, x2 = _cnn()
+  apply = lambda p, x, *, state: cnn_apply(p, x, state=state)  # a new object: not yet measured
   before = dict(empirical.auto_choices())
   got = ntk.empirical_ntk(apply, params, x1, x2, state=state)
   new = {k: v for k, v in empirical.auto_choices().items() if k not in before}
@@ -146,9 +152,10 @@ def test_nngp_full_output_axes_cross_inputs_and_state():
   assert full.shape == (7, 5, 2, 2)
   # Independent reference: the draws one by one, in numpy.
   ref = np.zeros((7, 5, 2, 2))
+  one = jax.jit(lambda k: (lambda p, s: (apply(p, x1, state=s), apply(p, x2, state=s)))(*init(k)))
   for k in jax.random.split(key, 6):
-    p, s = init(k)
-    ref += np.einsum("io,jq->ijoq", apply(p, x1, state=s), apply(p, x2, state=s)) / 6
+    y1, y2 = one(k)
+    ref += np.einsum("io,jq->ijoq", y1, y2) / 6
   np.testing.assert_allclose(full, ref, rtol=1e-5, atol=1e-6)
   tr = ntk.empirical_nngp(init, apply, x1, x2, num_samples=6, key=key, batch_size=3)
   np.testing.assert_allclose(tr, np.einsum("ijoo->ij", ref) / 2, rtol=1e-5, atol=1e-6)

@@ -90,7 +90,10 @@ STATIC_ARGS: dict[str, tuple[str, ...]] = {
 EXTRA_ARGS: dict[str, tuple[str, ...]] = {"normalized_gd": ("margins",)}
 
 
-def _check_extra_args(name: str, extra_args) -> None:
+def check_extra_args(name: str, extra_args: Sequence[str] = ()) -> None:
+  """Raises ValueError when optimizer `name` needs update keywords (`EXTRA_ARGS`) that are
+  not in `extra_args`, the ones the caller's loop passes; a config check can call it with
+  () for the generic train loop."""
   needed = EXTRA_ARGS.get(name, ())
   missing = [a for a in needed if a not in tuple(extra_args)]
   if missing:
@@ -187,5 +190,5 @@ def get(name: str, *, extra_args: Sequence[str] = (),
     ValueError: hyperparameter(s) lr not accepted by optimizer 'adamw': allowed learning_rate, ...
   """
   validate(name, **hyperparams)
-  _check_extra_args(name, extra_args)
+  check_extra_args(name, extra_args)
   return _with_param_check(_FACTORIES[name](**hyperparams), name)

@@ -447,6 +447,8 @@ def _check_common(apply_fn, x1, x2, state, trace_axes, output, batch_size) -> bo
   if state is not None and not takes_state:
     raise ValueError("apply_fn takes no `state` argument, but state= was given; allowed: "
                      "apply_fn(params, x, *, state) (see jaxlab.models.contract)")
+  if isinstance(trace_axes, (int, np.integer)) and not isinstance(trace_axes, bool):
+    trace_axes = (int(trace_axes),)
   if output is not None:
     if output not in OUTPUTS:
       raise ValueError(f"output={output!r}: allowed {OUTPUTS} (or use trace_axes)")

@@ -62,6 +62,8 @@ def test_choose_method_and_bad_arguments():
     ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), output="diag")
   with pytest.raises(ValueError, match=r"trace_axes=\(0,\): allowed \(\)"):
     ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), trace_axes=(0,))
+  np.testing.assert_array_equal(ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), trace_axes=1),
+                                ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3))))
   with pytest.raises(ValueError, match="disagree"):
     ntk.empirical_ntk(_coupled_model, p, jnp.ones((2, 3)), output="full", trace_axes=(1,))
   with pytest.raises(ValueError, match="batch_size=0: allowed None or an int >= 1"):

@@ -311,3 +311,22 @@ def test_sharpness_callback_reads_the_train_states_model_state():
   plain = lambda p, b: contract.call(loss_fn, p, b, state=trained, train=False)[0]
   hook2 = callbacks.sharpness_callback(plain, batch, every_steps=1, num_iters=60)
   assert abs(hook2(0, _TrainState(params, trained))["sharpness"] - ref) <= EIG_TOL * abs(ref)
+
+
+def test_training_form_loss_is_a_probe_loss():
+  """The README's training loss `loss_fn(params, batch, key) -> (loss, metrics)` goes into
+  hessian_vp unchanged (eval mode: a fixed key, metrics ignored)."""
+  rng = np.random.default_rng(1)
+  params = {"w": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32)}
+  batch = (jnp.asarray(rng.standard_normal((10, 4)), jnp.float32),
+           jnp.asarray(rng.integers(0, 3, 10)))
+
+  def train_loss(p, b, key):
+    del key
+    z = b[0] @ p["w"]
+    loss = jnp.mean(jax.nn.logsumexp(z, axis=1) - jnp.take_along_axis(z, b[1][:, None], 1)[:, 0])
+    return loss, {"accuracy": jnp.mean(z.argmax(1) == b[1])}
+
+  H = _dense_hessian(train_loss, params, batch)
+  MP, P = _apply_dense(ops.hessian_vp(train_loss, params, batch), params)
+  np.testing.assert_allclose(MP, H @ P, rtol=0, atol=1e-5 * np.abs(H @ P).max())

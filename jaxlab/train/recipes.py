@@ -51,6 +51,10 @@ def check_optimizer_config(opt: Any, key: str = "optimizer") -> None:
     raise ValueError(
         f"config key '{key}.name': {opt.name!r} is not a registered optimizer; "
         f"allowed: {list(optim.NAMES)}")
+  try:  # an optimizer that needs extra update arguments cannot run in the generic loop
+    optim.registry.check_extra_args(opt.name)
+  except ValueError as e:
+    raise ValueError(f"config key '{key}.name': {e}") from None
   lr = opt.learning_rate
   if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
     why = ", which is not finite" if isinstance(lr, numbers.Real) and not math.isfinite(lr) else ""

@@ -301,3 +301,10 @@ def test_inject_nan_at_step_zero_is_a_config_error_before_anything_is_written(tm
   with pytest.raises(ValueError, match=r"'train.inject_nan_at_step': 0; allowed: -1"):
     run.run(SPEC, workdir, {**TINY, "train.inject_nan_at_step": 0})
   assert not os.path.exists(workdir)
+
+
+def test_an_optimizer_the_generic_loop_cannot_drive_is_a_config_error(tmp_path):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ValueError, match=r"'optimizer.name'.*needs margins="):
+    run.run(SPEC, workdir, {**TINY, "optimizer.name": "normalized_gd"})
+  assert not os.path.exists(workdir)

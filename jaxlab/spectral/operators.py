@@ -160,10 +160,23 @@ def _classify(batches: Any, num_batches: Any, name: str = "batches") -> tuple[st
           "which is ambiguous (several batches, or one batch of nested parts?); allowed: a list "
           "of batches for several, or one batch as a dict (e.g. {'x': (x1, x2), 'y': y}).")
     return "many", list(batches)
+  if callable(batches) and not isinstance(batches, collections.abc.Iterable) and _needs_arg(batches):
+    raise ValueError(f"{name} is a function that takes an argument (a step -> batch function?) "
+                     f"and num_batches is None; {_NUM_BATCHES_HELP}; a zero-argument callable "
+                     "returning a fresh iterable of batches needs no num_batches.")
   if isinstance(batches, collections.abc.Iterator) or isinstance(
       batches, collections.abc.Iterable) or callable(batches):
     return "source", BatchSource(batches, name)
   return "one", batches
+
+
+def _needs_arg(fn: Callable) -> bool:
+  try:
+    sig = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return False
+  return any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+             for p in sig.parameters.values())
 
 
 class _Steps:

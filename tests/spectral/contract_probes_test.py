@@ -193,6 +193,11 @@ def test_data_batches_equal_the_list_of_the_same_batches():
   for bad in (0, 2.5, True):
     with pytest.raises(ValueError, match="num_batches is"):
       ops.hessian_vp(loss_fn, params, src, state=trained, num_batches=bad)
+  with pytest.raises(ValueError, match="takes an argument"):
+    ops.hessian_vp(loss_fn, params, data.full_batch({"x": x, "y": y}), state=trained)
+  full = ops.hessian_vp(loss_fn, params, data.full_batch({"x": x[:8], "y": y[:8]}), state=trained,
+                        num_batches=1)
+  assert isinstance(full, ops.DataSetOperator)
   with pytest.raises(ValueError, match="not a step -> batch function"):
     ops.hessian_vp(loss_fn, params, [src(0)], state=trained, num_batches=2)
 

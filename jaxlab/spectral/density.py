@@ -70,11 +70,10 @@ def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_dra
   dt = resolve_dtype(params_like, dtype)
   nodes, weights = [], []
   with ops.x64_scope(dt):
-    for k in jax.random.split(key, int(num_draws)):
-      k_v, k_run = jax.random.split(k)
-      v0 = jax.random.rademacher(k_v, (spec.size,), dt)
-      c = run_lanczos(matvec, spec, v0, k_run, m, bool(reorthogonalize))
-      T = tridiagonal(np.asarray(c.alphas, np.float64), np.asarray(c.betas, np.float64)[:m - 1])
+    for draw in range(int(num_draws)):  # Rademacher start vectors hashed from (key, draw)
+      _, c, _ = run_lanczos(matvec, spec, key, m, bool(reorthogonalize), dt, dist="rademacher",
+                            salt=draw)
+      T = tridiagonal(np.asarray(c.alphas, np.float64)[:m], np.asarray(c.betas, np.float64)[:m - 1])
       theta, U = np.linalg.eigh(T)
       nodes.append(theta)
       weights.append(U[0] ** 2)

@@ -314,6 +314,14 @@ def _step(V, c, av, spec, reorth):
   return V, c, ops.unravel(V[c.j], spec)
 
 
+@functools.partial(once_jit, static_argnames=("rows",))
+def _grow(V, c, rows):
+  """The basis and coefficients padded with zero rows to ``rows``."""
+  pad = rows - V.shape[0]
+  return (jnp.pad(V, ((0, pad), (0, 0))),
+          c._replace(alphas=jnp.pad(c.alphas, (0, pad)), betas=jnp.pad(c.betas, (0, pad))))
+
+
 _call = jax.jit(lambda mv, x: mv(x))
 
 
@@ -339,7 +347,10 @@ def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, d
   """Lanczos from a hashed start vector of the key (or the pytree v0), inside the caller's x64 scope.
 
   ``stop(carry, j)``, if given, is asked on the host after each step j < num_iters
-  and ends the run when true (the host-driven loop is used). Returns the basis
+  and ends the run when true (the host-driven loop is used); the basis then starts
+  with at most 32 rows and is padded to ``basis_rows(num_iters)`` only if the run
+  gets that far, so a run that stops early shares the compiled step of short
+  runs and sweeps a small basis. Returns the basis
   ``(rows, n)`` (:func:`basis_rows`), the carry (``alphas``/``betas`` zero beyond
   the steps done) and the number of steps done.
   """
@@ -350,8 +361,12 @@ def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, d
                           dtype=dt, dist=dist, reorth=reorth)
     return V, c, num_iters
   product = tree_product(matvec)
+  if stop is not None:  # likely to stop early: start with at most 32 rows, grow if needed
+    rows = min(rows, basis_rows(min(num_iters, _BLOCK - 1)))
   V, c, x = _start(key, salt, v0, spec=spec, rows=rows, dtype=dt, dist=dist)
   for j in range(1, num_iters + 1):
+    if j == V.shape[0]:  # this step writes row j
+      V, c = _grow(V, c, rows=basis_rows(num_iters))
     V, c, x = _step(V, c, product(x), spec=spec, reorth=reorth)
     if stop is not None and j < num_iters and stop(c, j):
       return V, c, j

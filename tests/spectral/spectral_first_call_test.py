@@ -38,6 +38,24 @@ def test_nearby_num_iters_compile_nothing_new(compiles):
   for pairs in (first, second):
     assert abs(pairs.eigenvalues[0] - evals[-1]) <= 1e-5 * evals[-1], (pairs.eigenvalues, evals[-1])
   assert (first.num_iters, second.num_iters) == (20, 24)
+  # an early-stopping run starts with the same 32-row basis: nothing new either
+  third = eigen.top_eigenpairs(ops.hessian_vp(loss, params, batch), params, 1, key, num_iters=60,
+                               tol=1e-3)
+  assert third.num_iters < 31 and compiles == [], (third.num_iters, compiles)
+
+
+def test_tol_run_grows_the_basis_past_32_rows():
+  """Three close outliers: tol=1e-6 is not reached in 100 steps, so the 32-row basis of a
+  tol run grows to 128 rows on the way; it ends where the plain 100-step run ends."""
+  lam = np.concatenate([[10.0, 9.99, 9.98], np.linspace(0.0, 9.9, 997)]).astype(np.float32)
+  d = jax.numpy.asarray(lam)
+  x = jax.numpy.zeros(lam.size, np.float32)
+  plain = eigen.top_eigenpairs(lambda v: d * v, x, 1, jax.random.key(0), num_iters=100)
+  grown = eigen.top_eigenpairs(lambda v: d * v, x, 1, jax.random.key(0), num_iters=100, tol=1e-6)
+  assert grown.num_iters == plain.num_iters == 100
+  # same recurrence on a different bucket: equal to float32 rounding, ~eps relative
+  np.testing.assert_allclose(grown.eigenvalues, plain.eigenvalues, rtol=1e-6)
+  assert abs(plain.eigenvalues[0] - 10.0) <= plain.residuals[0] + 1e-5
 
 
 def test_bucket_leaves_the_recurrence_unchanged():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import lr_transfer, run
-from jaxlab import models
+from jaxlab import models, train
 
 CFG = "experiments/configs/lr_transfer.py"
 TINY = {"widths": (8, 16), "parametrizations": ("mup",), "data.num_samples": 300,
@@ -58,8 +58,13 @@ def test_lr_transfer_resumes_finished_cells(tmp_path, monkeypatch):
   a, b = first["parametrizations"]["mup"], again["parametrizations"]["mup"]
   for key in ("final_loss", "optimal_index", "median_sharpness_last_half"):
     np.testing.assert_allclose(np.asarray(b[key], float), np.asarray(a[key], float))
-  with pytest.raises(AssertionError, match="recomputed"):
+  # A changed config is refused by the workdir check; continued deliberately, the
+  # cells (keyed by the config's fingerprint) are recomputed.
+  with pytest.raises(train.ConfigChangedError, match="train.num_steps: 20 -> 30"):
     run.run(CFG + ":quick", wd, overrides={**TINY, "train.num_steps": 30})
+  with pytest.raises(AssertionError, match="recomputed"):
+    run.run(CFG + ":quick", wd, overrides={**TINY, "train.num_steps": 30},
+            allow_config_change=True)
 
 
 def test_adam_mup_lr_multipliers_follow_tensor_programs_v():

@@ -11,8 +11,10 @@ deleted) and continues from the newest good step.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
+import io as stdio
 import logging
 import os
 import shutil
@@ -225,8 +227,12 @@ class Checkpointer:
     steps = self.all_steps()
     failures: list[tuple[int, str]] = []
     for step in reversed(steps):
+      noise = stdio.StringIO()
       try:
-        state = self.restore(like, step)
+        # A failed TensorStore read makes orbax's reader threads print "Event
+        # loop is closed" tracebacks to stderr; the failure is reported below.
+        with contextlib.redirect_stderr(noise):
+          state = self.restore(like, step)
       except CheckpointError:
         raise  # a different model, not damage: stop, touch nothing
       except Exception as e:  # noqa: BLE001 - any reader error means this step is unusable

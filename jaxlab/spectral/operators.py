@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
+from jaxlab._tree import path_parts
 from jaxlab.models import contract
 
 PyTree = Any
@@ -677,18 +678,6 @@ ggn_vp.__doc__ = ggn_vp.__doc__.replace("{batches}", _BATCHES_DOC).replace("{{",
 # Restriction to a sub-tree of parameters.
 
 
-def _path_parts(path) -> tuple[str, ...]:
-  out = []
-  for k in path:
-    for attr in ("key", "idx", "name"):
-      if hasattr(k, attr):
-        out.append(str(getattr(k, attr)))
-        break
-    else:
-      out.append(str(k))
-  return tuple(out)
-
-
 def restrict_to_subtree(loss_fn: Callable, params: PyTree, where: Any
                         ) -> tuple[Callable, PyTree]:
   """Restrict ``loss_fn`` to a sub-tree of ``params``, the other leaves frozen.
@@ -716,7 +705,7 @@ def restrict_to_subtree(loss_fn: Callable, params: PyTree, where: Any
     >>> lam = top_eigenpairs(hessian_vp(f, p, batch), p, k=1, key=key).eigenvalues
   """
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  paths = [_path_parts(p) for p, _ in flat]
+  paths = [path_parts(p) for p, _ in flat]
   leaves = [x for _, x in flat]
   if isinstance(where, (str, tuple)):
     prefix = tuple(s for s in where.split("/") if s) if isinstance(where, str) else tuple(

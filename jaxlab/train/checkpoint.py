@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxlab._tree import path_parts
 from jaxlab.train import io
 from jaxlab.train.errors import CheckpointError
 from jaxlab.train.step import TrainState
@@ -75,15 +76,7 @@ def _leaf_record(x: Any, digest: bool) -> dict:
 def _path(path: tuple) -> str:
   """A leaf path as "a/0/b", the same whether a node is a dict, a tuple or a
   NamedTuple (a checkpoint read without a template comes back as dicts)."""
-  parts = []
-  for k in path:
-    for attr in ("key", "idx", "name"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
+  return "/".join(path_parts(path))
 
 
 def integrity_record(tree: Any, digest: bool = True) -> dict[str, dict]:

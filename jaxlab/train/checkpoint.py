@@ -193,8 +193,8 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    impls = _key_impls(_to_tree(like))
-    want = _keys_to_data(_to_tree(like))
+    tree_like = _to_tree(like)
+    impls, want = _key_impls(tree_like), _keys_to_data(tree_like)
     record = self._record(step)
     changed = structure_changes(record["leaves"], integrity_record(want, digest=False))
     if changed:

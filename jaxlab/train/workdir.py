@@ -147,8 +147,8 @@ def check_config(workdir: str, config: Any, *, allow_change: bool = False,
   """
   path = os.path.join(workdir, CONFIG_NAME)
   changes: dict[str, tuple[Any, Any]] = {}
-  if os.path.exists(path):
-    old = io.read_json(path)
+  old = io.read_json(path) if os.path.exists(path) else None
+  if old is not None:
     changes = config_changes(old, config)
     if changes and not allow_change:
       lines = "\n".join(f"  {k}: {o!r} -> {n!r}" for k, (o, n) in changes.items())
@@ -167,6 +167,6 @@ def check_config(workdir: str, config: Any, *, allow_change: bool = False,
                    "old_fingerprint": fingerprint(old), "new_fingerprint": fingerprint(config),
                    "changes": {k: list(v) for k, v in changes.items()}})
       io.atomic_write(log_path, "".join(json.dumps(io.to_python(r)) + "\n" for r in rows))
-  if not os.path.exists(path) or changes or io.read_json(path) != io.to_python(config):
+  if old != io.to_python(config):  # new, changed, or only a volatile key differs
     io.write_json(path, config)
   return changes

@@ -218,7 +218,10 @@ def test_nothing_restores_is_a_clear_error_and_nothing_moves(copy):
   before = _snapshot(copy)
   out = _cli(f"--config={SPEC}", f"--workdir={copy}", *_overrides(TINY))
   assert out.returncode == errors.CheckpointError.exit_code, out.stderr[-3000:]
-  assert out.stderr.startswith("error: no checkpoint in ")
+  # orbax's reader threads may still print "Event loop is closed" tracebacks
+  # around it after a failed read (not ours to silence); the error is one line.
+  errors_printed = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+  assert len(errors_printed) == 1 and errors_printed[0].startswith("error: no checkpoint in ")
   for step in (30, 40):
     assert os.path.join(copy, "checkpoints", str(step)) + ":" in out.stderr
   assert _snapshot(copy) == before

@@ -11,9 +11,10 @@ S_i = sum_{j<i} x_j x_j^T and b_i = sum_{j<i} y_j x_j (shape (B, N, d, d) and
 (B, N, d)); the functions are jitted with their static arguments.
 
 Methods (the paper each follows):
-  * min-norm least squares w = S^+ b (Garg et al. 2022, "least squares");
+  * min-norm least squares w = X^+ y (Garg et al. 2022, "least squares");
   * ridge w = (S + lambda I)^{-1} b, the Bayes posterior mean for w ~ N(0, I)
     and noise sigma^2 when lambda = sigma^2 (Akyuerek et al. 2022, Sec. 4.1);
+    both from the SVD of each prefix's X (never X^T X: float32-safe at i = d);
   * gradient descent on L(w) = ||X w - y||^2 / (2 i) from w_0 = 0,
     w_{k+1} = w_k - eta (S w_k - b) / i (Akyuerek et al. 2022, Eq. 4;
     Fu et al. 2023, Sec. 2.3);
@@ -72,32 +73,62 @@ def _predict(xs, w):
 
 # ---------------------------------------------------------------- closed forms
 
+def _prefix_svd(xs, ys):
+  """Thin SVD of every prefix design matrix X_{<i}, zero-padded to (N, d).
+
+  Returns U (B, N, N, d), s (B, N, d), Vt (B, N, d, d) and the masked labels
+  y_{<i} (B, N, N). Zero rows change neither the singular values nor V, so the
+  padded SVD is the SVD of X_{<i}; working on X instead of S = X^T X keeps the
+  condition number cond(X) rather than cond(X)^2 (the float32 failure near i = d).
+  """
+  n = xs.shape[1]
+  mask_NxN = (jnp.arange(n)[None, :] < jnp.arange(n)[:, None]).astype(xs.dtype)  # [i, j]: j < i
+  x_BxNxNxD = mask_NxN[None, :, :, None] * xs[:, None, :, :]
+  y_BxNxN = mask_NxN[None] * ys[:, None, :]
+  u, s, vt = jnp.linalg.svd(x_BxNxNxD, full_matrices=False)
+  return u, s, vt, y_BxNxN
+
+
+def _spectral_solve(u, s, vt, y, filt):
+  """w = V diag(filt(s)) U^T y for every prompt and prefix."""
+  uy = jnp.einsum("bnjk,bnj->bnk", u, y)
+  return jnp.einsum("bnkd,bnk->bnd", vt, filt(s) * uy)
+
+
 @functools.partial(jax.jit, static_argnames=("rcond",))
 def _lstsq_weights(xs, ys, rcond=None):
-  s, b, _ = prefix_stats(xs, ys)
-  # S is PSD: its pseudo-inverse via eigh; the default cutoff is the one numpy uses
-  # for lstsq (eps * max(d, N)) relative to the largest eigenvalue.
-  lam, v = jnp.linalg.eigh(s)
-  eps = jnp.finfo(xs.dtype).eps
-  cut = (rcond if rcond is not None else 10 * eps * xs.shape[-1]) * lam[..., -1:]
-  inv = jnp.where(lam > cut, 1.0 / jnp.where(lam > cut, lam, 1.0), 0.0)
-  vb = jnp.einsum("bnji,bnj->bni", v, b)
-  return jnp.einsum("bnij,bnj->bni", v, inv * vb)
+  u, s, vt, y = _prefix_svd(xs, ys)
+  if rcond is None:
+    # numpy.linalg.lstsq's default: eps * max(rows, cols), rows = i for prefix i.
+    rows = jnp.maximum(jnp.arange(xs.shape[1]), xs.shape[-1]).astype(xs.dtype)
+    rc = (jnp.finfo(xs.dtype).eps * rows)[None, :, None]
+  else:
+    rc = rcond
+  cut = rc * s[..., :1]
+  def pinv(s):
+    keep = s > cut
+    return jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
+  return _spectral_solve(u, s, vt, y, pinv)
 
 
 def least_squares_weights(xs: jax.Array, ys: jax.Array, rcond: float | None = None) -> jax.Array:
-  """Min-norm least-squares weights w_i = S_i^+ b_i for every prefix: (B, N, d).
+  """Min-norm least-squares weights w_i = X_{<i}^+ y_{<i} for every prefix: (B, N, d).
 
   Math: w = argmin ||w|| s.t. w minimizes ||X_{<i} w - y_{<i}||^2, i.e. the
-  pseudo-inverse solution X^+ y = (X^T X)^+ X^T y (Garg et al. 2022, Sec. 3).
+  pseudo-inverse solution X^+ y = V diag(1/s) U^T y (Garg et al. 2022, Sec. 3),
+  from the SVD X_{<i} = U diag(s) V^T. The SVD of X (not an eigendecomposition
+  of X^T X, whose condition number is squared) keeps float32 accurate near
+  i = d, where X_{<i} is square and worst conditioned.
 
   Args:
     xs, ys: prompts (B, N, d), (B, N).
-    rcond: eigenvalues of S below rcond * lambda_max are treated as zero
-      (default 10 * eps * d).
+    rcond: singular values of X_{<i} below rcond * s_max are treated as zero;
+      None uses numpy.linalg.lstsq's default eps * max(i, d).
   """
   _check_prompt(xs, ys)
-  return _lstsq_weights(xs, ys, rcond=rcond)
+  if rcond is not None and not (isinstance(rcond, (int, float)) and 0 <= rcond < 1):
+    raise ValueError(f"rcond={rcond!r}: expected None or a float in [0, 1)")
+  return _lstsq_weights(xs, ys, rcond=None if rcond is None else float(rcond))
 
 
 def least_squares(xs: jax.Array, ys: jax.Array, rcond: float | None = None) -> jax.Array:
@@ -107,9 +138,8 @@ def least_squares(xs: jax.Array, ys: jax.Array, rcond: float | None = None) -> j
 
 @jax.jit
 def _ridge_weights(xs, ys, lam):
-  s, b, _ = prefix_stats(xs, ys)
-  eye = jnp.eye(xs.shape[-1], dtype=xs.dtype)
-  return jnp.linalg.solve(s + lam * eye[None, None], b[..., None])[..., 0]
+  u, s, vt, y = _prefix_svd(xs, ys)
+  return _spectral_solve(u, s, vt, y, lambda s: s / (s * s + lam))
 
 
 def ridge_weights(xs: jax.Array, ys: jax.Array, lam: float) -> jax.Array:
@@ -117,7 +147,9 @@ def ridge_weights(xs: jax.Array, ys: jax.Array, lam: float) -> jax.Array:
 
   Math: argmin_w ||X w - y||^2 + lam ||w||^2. For y = w^T x + N(0, sigma^2) and
   w ~ N(0, I) the posterior mean is this with lam = sigma^2 (Akyuerek et al.
-  2022, Sec. 4.1), the Bayes-optimal predictor under squared error.
+  2022, Sec. 4.1), the Bayes-optimal predictor under squared error. Computed
+  as V diag(s / (s^2 + lam)) U^T y from the SVD of X_{<i}, which never forms
+  X^T X (the same solution, float32-accurate for any lam > 0).
   """
   _check_prompt(xs, ys)
   if not (isinstance(lam, (int, float, np.floating)) and lam > 0):

@@ -51,6 +51,73 @@ def test_least_squares_float32():
   assert _rel(got, ref) <= 1e-3
 
 
+def _roundoff_ratio(got, xs, ys, ns, fit, cond):
+  """|got - float64 reference| per prompt, in units of the float32 round-off bound.
+
+  A backward-stable solve of a consistent system has forward error
+  <= c * eps * cond * |x_n| |w| with c a small constant (Golub & Van Loan, Sec. 5.3.8);
+  forming X^T X instead squares cond, so its ratio grows like cond(X) (1e2..1e4 here).
+  """
+  eps = np.finfo(np.float32).eps
+  x64, y64 = xs.astype(np.float64), ys.astype(np.float64)
+  out = np.zeros((len(ns), xs.shape[0]))
+  for k, n in enumerate(ns):
+    for b in range(xs.shape[0]):
+      w = fit(x64[b, :n], y64[b, :n])
+      bound = eps * cond(x64[b, :n]) * np.linalg.norm(x64[b, n]) * np.linalg.norm(w)
+      out[k, b] = abs(float(got[b, n]) - x64[b, n] @ w) / bound
+  return out
+
+
+def _square_prompts(batch=32, seed=3):
+  d, n = 20, 23  # noiseless, d = 20: prefixes n = 20, 21, 22 are square or nearly so
+  p = tasks.sample_prompts(jax.random.key(seed), batch, n, d, dtype=jnp.float32)
+  return np.asarray(p.xs), np.asarray(p.ys)
+
+
+def test_least_squares_float32_at_round_off_near_n_equals_d():
+  # Measured ratio <= 0.34 over 64 prompts (SVD solve); the old X^T X eigen-solve gave
+  # error/d 2.6e-3 at n = 20 where float64 lstsq gives 1.7e-10.
+  xs, ys = _square_prompts()
+  got = np.asarray(baselines.least_squares(jnp.asarray(xs), jnp.asarray(ys)))
+  ratio = _roundoff_ratio(got, xs, ys, (20, 21, 22),
+                          lambda x, y: np.linalg.lstsq(x, y, rcond=None)[0], np.linalg.cond)
+  assert ratio.max() <= 2.0, ratio.max(axis=1)
+
+
+def test_study_least_squares_curve_at_round_off_near_n_equals_d():
+  # The study's error curve (evaluation.baseline_predictions) on noiseless d = 20 prompts:
+  # error/d at n = 20, 21, 22 within the per-prompt round-off bound's mean square.
+  from jaxlab.icl import evaluation
+  xs, ys = _square_prompts()
+  curve = evaluation.baseline_predictions(jnp.asarray(xs), jnp.asarray(ys), noise_std=0.0)
+  err = np.mean((curve["least_squares"] - ys) ** 2, axis=0) / xs.shape[-1]
+  eps = np.finfo(np.float32).eps
+  for n in (20, 21, 22):
+    x64, y64 = xs[:, :n].astype(np.float64), ys[:, :n].astype(np.float64)
+    w = [np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(x64, y64, strict=True)]
+    bound = [2 * eps * np.linalg.cond(x) * np.linalg.norm(q) * np.linalg.norm(wb)
+             for x, q, wb in zip(x64, xs[:, n], w, strict=True)]
+    assert err[n] <= np.mean(np.square(bound)) / xs.shape[-1], (n, err[n])
+
+
+def test_ridge_float32_at_round_off_near_n_equals_d():
+  # Small lam keeps S + lam I as ill-conditioned as S; the bound uses the condition
+  # number of the augmented system [X; sqrt(lam) I], which the SVD solve attains.
+  lam = 1e-4
+  xs, ys = _square_prompts()
+  got = np.asarray(baselines.ridge(jnp.asarray(xs), jnp.asarray(ys), lam))
+  d = xs.shape[-1]
+
+  def fit(x, y):
+    return np.linalg.solve(x.T @ x + lam * np.eye(d), x.T @ y)
+
+  def cond(x):
+    return np.linalg.cond(np.concatenate([x, np.sqrt(lam) * np.eye(d)]))
+  ratio = _roundoff_ratio(got, xs, ys, (20, 21, 22), fit, cond)
+  assert ratio.max() <= 2.0, ratio.max(axis=1)
+
+
 @pytest.mark.parametrize("lam", [0.01, 0.25, 1.0])
 def test_ridge_matches_closed_form(lam):
   with jax.enable_x64(True):

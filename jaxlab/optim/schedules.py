@@ -287,8 +287,11 @@ def refined_values(grad_norms: Sequence[float], peak_value: float, norm: str = "
   r"""The refined learning-rate sequence of Defazio et al. (2023) as a numpy array.
 
   Math (their Algorithm 1 and ``find_schedule``): ĝ = median filter of the
-  previous run's gradient norms with width 2 floor(smoothing N / 2) + 1
-  (reflect at the ends); w_t = ĝ_t^{-2} for l2 norms (SGD) or ĝ_t^{-1} for
+  previous run's gradient norms with width 2 floor(smoothing N / 2) + 1,
+  padded as the authors' recipe pads it: the end mirrored without its edge
+  sample (``numpy.pad`` mode ``reflect``), the start by repeating the first norm
+  (``nearest``) — so a low first norm and norms rising at the end (typical of a
+  linear-decay run) shape the schedule as they do in the paper's; w_t = ĝ_t^{-2} for l2 norms (SGD) or ĝ_t^{-1} for
   l1 norms (Adam-type methods); eta_t = w_t sum_{p > t} w_p (so eta_{N-1} = 0),
   scaled so max_t eta_t = peak_value. Constant norms give linear decay.
   """
@@ -301,7 +304,12 @@ def refined_values(grad_norms: Sequence[float], peak_value: float, norm: str = "
   check_in_range(smoothing, "smoothing", 0.0, 1.0, hi_open=False)
   _check_value(peak_value, "peak_value")
   width = 2 * int(smoothing * g.size / 2) + 1
-  g_hat = scipy.ndimage.median_filter(g, size=width, mode="reflect") if width > 1 else g
+  if width > 1:
+    pad = 2 * width  # only the end is padded by hand; the filter itself pads with `nearest`
+    g_pad = np.pad(g, (0, pad), mode="reflect")
+    g_hat = scipy.ndimage.median_filter(g_pad, size=width, mode="nearest")[:-pad]
+  else:
+    g_hat = g
   w = g_hat**-2 if norm == "l2" else g_hat**-1
   tail = np.concatenate([np.cumsum(w[::-1])[::-1][1:], [0.0]])  # sum_{p > t} w_p
   eta = w * tail

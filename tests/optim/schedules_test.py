@@ -86,19 +86,49 @@ def test_infinite():
                    end_value=end), f)
 
 
+def _refined_recipe(g, smoothing, norm):
+  """A numpy loop of Defazio et al.'s recipe (their README and find_closed_form_schedule).
+
+  Median filter of width 2 floor(smoothing N / 2) + 1 over the norms extended by
+  repeating g_0 before the start (scipy's mode='nearest') and by a mirror image
+  without the edge sample after the end (numpy.pad mode='reflect'); then
+  w = g^-2 (l2) or g^-1 (l1), eta_t = w_t sum_{p > t} w_p, divided by its max.
+  """
+  n = len(g)
+  width = 2 * int(smoothing * n / 2) + 1
+  h = width // 2
+  assert h < n  # one mirror image is enough for these tests
+
+  def ext(t):
+    return g[0] if t < 0 else g[2 * (n - 1) - t] if t >= n else g[t]
+  smooth = np.array([np.median([ext(s) for s in range(t - h, t + h + 1)]) for t in range(n)])
+  w = smooth ** (-2.0 if norm == "l2" else -1.0)
+  eta = np.array([w[t] * w[t + 1:].sum() for t in range(n)])
+  return eta / eta.max()
+
+
+def test_refined_follows_the_authors_padding_with_norms_rising_at_the_end():
+  # Norms that start small (first step) and rise at the end of the prior run: the
+  # start padding decides the early schedule (the old reflect-both-ends filter was
+  # up to 0.73 x peak away from the recipe at t = 1..3), the end padding the tail.
+  n = 50
+  t = np.arange(n)
+  norms = 1.0 + 3.0 * (t / n) ** 4
+  norms[:2] = 0.3, 0.65
+  for smoothing in (0.1, 0.2):
+    for norm in ("l2", "l1"):
+      np.testing.assert_allclose(S.refined_values(norms, 1.0, norm=norm, smoothing=smoothing),
+                                 _refined_recipe(norms, smoothing, norm), rtol=1e-12, atol=1e-15)
+
+
 def test_refined_constant_norms_is_linear_decay_and_matches_formula():
   n = 51
   check(S.refined(np.full(n, 2.0), peak_value=0.5, smoothing=0.0),
         lambda t: 0.5 * max(n - 1 - t, 0) / (n - 1))
   rng = np.random.default_rng(0)
   norms = np.exp(rng.standard_normal(101))
-  for norm, power in (("l2", 2), ("l1", 1)):
-    width = 2 * int(0.1 * 101 / 2) + 1  # 11
-    pad = np.pad(norms, width // 2, mode="symmetric")
-    smooth = np.array([np.median(pad[i:i + width]) for i in range(101)])
-    w = smooth ** (-power)
-    eta = np.array([w[t] * w[t + 1:].sum() for t in range(101)])
-    ref = 0.1 * eta / eta.max()
+  for norm in ("l2", "l1"):
+    ref = 0.1 * _refined_recipe(norms, 0.1, norm)
     np.testing.assert_allclose(S.refined_values(norms, 0.1, norm=norm), ref, rtol=1e-12)
     check(S.refined(norms, 0.1, norm=norm, warmup_steps=5),
           lambda t, ref=ref: warm(t, 5, ref[0]) if t < 5 else ref[min(t - 5, 100)])

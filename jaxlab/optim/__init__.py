@@ -2,12 +2,13 @@
 
 Transforms (``scale_by_X`` without learning rate, ``X(learning_rate, ...)``):
 diffgrad, mfac, dct_lowrank, normalized_gd (ExtraArgs: ``margins=``),
-hypergradient. Registry: ``get(name, **hyperparams)``, ``NAMES``,
-``hyperparameters(name)``. Schedules: ``jaxlab.optim.schedules``; loss law:
-``jaxlab.optim.annealing_law``.
+hypergradient. AutoLRS train-loop hook: ``autolrs_hook``. Registry:
+``get(name, **hyperparams)``, ``NAMES``, ``hyperparameters(name)``. Schedules:
+``jaxlab.optim.schedules``; loss law: ``jaxlab.optim.annealing_law``.
 """
-from jaxlab.optim import annealing_law, schedules
+from jaxlab.optim import annealing_law, autolrs, schedules
 from jaxlab.optim.annealing_law import AnnealingLaw
+from jaxlab.optim.autolrs import AutoLRSHook, autolrs_hook
 from jaxlab.optim.dct_lowrank import ScaleByDCTLowRankState, dct_lowrank, scale_by_dct_lowrank
 from jaxlab.optim.diffgrad import ScaleByDiffGradState, diffgrad, scale_by_diffgrad
 from jaxlab.optim.hypergradient import HypergradientState, hypergradient, scale_by_hypergradient
@@ -24,12 +25,15 @@ __all__ = [
     "NAMES",
     "STATIC_ARGS",
     "AnnealingLaw",
+    "AutoLRSHook",
     "HypergradientState",
     "ScaleByDCTLowRankState",
     "ScaleByDiffGradState",
     "ScaleByMFACState",
     "ScaleByNormalizedGDState",
     "annealing_law",
+    "autolrs",
+    "autolrs_hook",
     "dct_lowrank",
     "diffgrad",
     "factory",

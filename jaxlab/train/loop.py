@@ -28,6 +28,11 @@ class Hook(Protocol):
   shapes and dtypes, so the compiled step is reused): e.g. a learning-rate
   rule writing `opt_state.hyperparams["learning_rate"]` of an
   `optax.inject_hyperparams` optimizer.
+
+  A hook with a true attribute `at_start` is also called once with step 0,
+  before the first update of a run that starts from scratch (not on resume:
+  the checkpoint holds its effect); its dict is the row `{"step": 0, ...}`.
+  E.g. a rule that picks the first stage's learning rate (AutoLRS).
   """
 
   every_steps: int
@@ -82,7 +87,24 @@ def _apply_state_hook(hook, step: int, state: TrainState, mesh) -> tuple[Mapping
       raise ValueError(f"hook {hook!r} changed a state leaf from {jnp.shape(a)} "
                        f"{jnp.result_type(a)} to {jnp.shape(b)} {jnp.result_type(b)}; allowed: "
                        "the same shape and dtype (the compiled step is reused)")
-  return metrics, jax.device_put(new, sharding.replicated(mesh))
+  return metrics, sharding.put_replicated(new, mesh)
+
+
+def _start_hooks(hooks, state, mesh, logger, history) -> TrainState:
+  """Runs the `at_start` hooks before the first update; their dicts are the row of step 0."""
+  row: dict = {}
+  for h in hooks:
+    if not getattr(h, "at_start", False):
+      continue
+    if getattr(h, "updates_state", False):
+      out, state = _apply_state_hook(h, 0, state, mesh)
+    else:
+      out = h(0, state)
+    row.update({k: float(v) for k, v in out.items()})
+  history.append({"step": 0, **row})
+  if logger is not None:
+    logger.write(0, row)
+  return state
 
 
 def _due(step: int, every: int, num_steps: int) -> bool:
@@ -126,7 +148,8 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
       before its checkpoint is saved.
     hooks: objects with `every_steps` and `__call__(step, state) -> dict`; a
       hook with `updates_state = True` returns `(dict, new_state)` and the run
-      continues from `new_state` (see :class:`Hook`).
+      continues from `new_state`; one with `at_start = True` is also called at
+      step 0 of a fresh run (see :class:`Hook`).
     lr_schedule: the schedule inside `tx`, to log `learning_rate`.
     progress: show a tqdm progress bar.
     inject_nan_at_step: test hook — the loss of step k becomes NaN.
@@ -175,7 +198,7 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
     # model state (and any optimizer state aliasing them) survive. device_put
     # alone may alias a shard.
     state = jax.tree.map(jnp.copy, init_state(params, tx, key, model_state))
-    state = jax.device_put(state, sharding.replicated(mesh))
+    state = sharding.put_replicated(state, mesh)
     logger = io.MetricsLogger(workdir) if workdir else None
     ckpt = None
     if checkpoint_every:
@@ -204,6 +227,8 @@ def _loop(state, loss_fn, tx, batch_fn, logger, ckpt, *, num_steps, log_every, e
     history = logger.resume_from(start)
   elif logger is not None:
     logger.reset()
+  if start == 0 and any(getattr(h, "at_start", False) for h in hooks):
+    state = _start_hooks(hooks, state, mesh, logger, history)
 
   step_fn = _train_step(loss_fn, tx, lr_schedule, inject_nan_at_step)
   last_saved = start if ckpt is not None and start else None

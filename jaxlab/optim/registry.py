@@ -48,6 +48,28 @@ def _lamb(learning_rate, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.0, mask=None
   )
 
 
+_MECHANIC_BASE = {"sgd": optax.sgd, "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+                  "adam": optax.adam, "lion": optax.lion}
+
+
+def _mechanic(learning_rate=1.0, base="adam", weight_decay=0.01, eps=1e-8, s_init=1e-6,
+              num_betas=6):
+  """Mechanic (Cutkosky, Defazio & Mehta 2023, arXiv:2306.00144, Algorithm 1) around the base
+  optimizer ``base`` run at ``learning_rate``: optax.contrib.mechanize(base(learning_rate)).
+
+  Mechanic learns the scale s of the base updates, so the base rate stays 1.0
+  (the paper's and optax's usage); a schedule here is the base schedule that s
+  rescales. ``base``: "sgd", "momentum" (0.9), "adam" or "lion".
+  """
+  if base not in _MECHANIC_BASE:
+    raise ValueError(f"base={base!r} is not allowed for mechanic: allowed {sorted(_MECHANIC_BASE)}.")
+  if isinstance(num_betas, bool) or not isinstance(num_betas, int) or num_betas < 1:
+    raise ValueError(f"num_betas={num_betas!r} is not allowed for mechanic: allowed an int >= 1 "
+                     "(betas 1 - 10^-1, ..., 1 - 10^-num_betas).")
+  return optax.contrib.mechanize(_MECHANIC_BASE[base](learning_rate), weight_decay=weight_decay,
+                                 eps=eps, s_init=s_init, num_betas=num_betas)
+
+
 _FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
     "diffgrad": diffgrad,
     "mfac": mfac,
@@ -63,9 +85,22 @@ _FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
     "lars": optax.lars,
     "lion": optax.lion,
     "schedule_free_adamw": optax.contrib.schedule_free_adamw,
+    # Learning-rate-free learners (optax.contrib): learning_rate defaults to 1.0,
+    # a multiplier on the step size each method estimates, so get(name) with no
+    # argument is the method's published default configuration.
+    "prodigy": optax.contrib.prodigy,
+    "dog": optax.contrib.dog,
+    "dowg": optax.contrib.dowg,
+    "mechanic": _mechanic,
+    "cocob": optax.contrib.cocob,
+    "dadapt_adamw": optax.contrib.dadapt_adamw,
 }
 
 NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+# Optimizers that estimate their own step size: `get(name)` needs no learning_rate.
+LEARNING_RATE_FREE: tuple[str, ...] = ("prodigy", "dog", "dowg", "mechanic", "cocob",
+                                       "dadapt_adamw")
 
 # Arguments that fix shapes or Python control flow: pass them as `static_args`
 # to optax.inject_hyperparams.
@@ -73,6 +108,7 @@ STATIC_ARGS: dict[str, tuple[str, ...]] = {
     "mfac": ("num_grads",),
     "dct_lowrank": ("rank", "update_every", "mask", "base_optimizer", "weight_dimension_numbers"),
     "hypergradient": ("inner",),
+    "normalized_gd": ("every_k",),
     "momentum": ("nesterov",),
     "lamb": ("mask", "trust_ratio_mask"),
     "lars": ("weight_decay_mask", "trust_ratio_mask", "nesterov"),
@@ -82,6 +118,11 @@ STATIC_ARGS: dict[str, tuple[str, ...]] = {
     "sgd": ("nesterov", "accumulator_dtype"),
     "adam": ("mu_dtype", "nesterov"),
     "schedule_free_adamw": ("warmup_steps", "state_dtype"),
+    "prodigy": ("safeguard_warmup",),
+    "dog": ("init_step", "mask"),
+    "dowg": ("mask",),
+    "mechanic": ("base", "num_betas"),
+    "cocob": ("mask",),
 }
 
 
@@ -141,16 +182,18 @@ def hyperparameters(name: str) -> tuple[str, ...]:
 
 def validate(name: str, **hyperparams) -> None:
   """Raises ValueError for an unknown name or key, a missing, negative or non-finite learning
-  rate, or a non-finite number for any other hyperparameter."""
+  rate, or a non-finite number for any other hyperparameter. learning_rate may be left out
+  only where the factory has a default (`LEARNING_RATE_FREE`, schedule_free_adamw)."""
   allowed = hyperparameters(name)
   unknown = sorted(set(hyperparams) - set(allowed))
   if unknown:
     raise ValueError(
         f"hyperparameter(s) {', '.join(unknown)} not accepted by optimizer {name!r}: "
         f"allowed {', '.join(allowed)}.")
-  if "learning_rate" not in hyperparams:
+  default_lr = inspect.signature(_FACTORIES[name]).parameters["learning_rate"].default
+  if "learning_rate" not in hyperparams and default_lr is inspect.Parameter.empty:
     raise ValueError(f"optimizer {name!r} needs learning_rate= (a float >= 0 or an optax schedule).")
-  check_learning_rate(hyperparams["learning_rate"])
+  check_learning_rate(hyperparams.get("learning_rate", default_lr))
   check_hyperparams_finite(hyperparams)
 
 
@@ -160,15 +203,21 @@ def get(name: str, *, extra_args: Sequence[str] = (),
 
   Names: our methods (diffgrad, mfac, dct_lowrank, normalized_gd,
   hypergradient) and optax's sgd, momentum, adam, adamw, nadamw, lamb, lars,
-  lion, schedule_free_adamw (optax.contrib). Keys are the factory's
-  arguments; see `hyperparameters(name)`.
+  lion, schedule_free_adamw (optax.contrib), and the learning-rate-free
+  learners of optax.contrib (`LEARNING_RATE_FREE`): prodigy (Mishchenko &
+  Defazio 2023), dog (Ivgi et al. 2023), dowg (Khaled et al. 2023), mechanic
+  (Cutkosky et al. 2023; ``mechanize`` around ``base``), cocob (Orabona &
+  Tommasi 2017), dadapt_adamw (Defazio & Mishchenko 2023). Keys are the
+  factory's arguments; see `hyperparameters(name)`.
 
   Args:
     name: one of `NAMES`.
     extra_args: the keyword arguments the caller's loop passes to
       ``tx.update`` (see `EXTRA_ARGS`); normalized_gd needs ``("margins",)``.
-    **hyperparams: must include ``learning_rate`` (finite float >= 0 or
-      schedule); every number must be finite.
+    **hyperparams: ``learning_rate`` (finite float >= 0 or schedule) is
+      required unless the factory has a default (the learning-rate-free
+      learners: 1.0, a multiplier on their own estimate); every number must be
+      finite.
 
   Returns:
     An optax.GradientTransformation (ExtraArgs for normalized_gd and the
@@ -184,6 +233,7 @@ def get(name: str, *, extra_args: Sequence[str] = (),
 
   Example:
     >>> tx = get("adamw", learning_rate=1e-3, weight_decay=1e-4)
+    >>> tx = get("prodigy")  # learning-rate-free: its published defaults
     >>> get("adamw", lr=1e-3)
     Traceback (most recent call last):
     ...

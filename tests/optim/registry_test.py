@@ -6,7 +6,8 @@ import pytest
 import jaxlab.optim as jo
 
 EXPECTED = {"diffgrad", "mfac", "dct_lowrank", "normalized_gd", "hypergradient", "sgd", "momentum",
-            "adam", "adamw", "nadamw", "lamb", "lars", "lion", "schedule_free_adamw"}
+            "adam", "adamw", "nadamw", "lamb", "lars", "lion", "schedule_free_adamw",
+            "prodigy", "dog", "dowg", "mechanic", "cocob", "dadapt_adamw"}
 
 
 def test_names():

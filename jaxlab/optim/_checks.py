@@ -71,6 +71,18 @@ def check_float_params(params, optimizer: str) -> None:
           "or keep non-trainable integer arrays out of the params.")
 
 
+def scalar_dtype(params):
+  """The dtype for a transform's scalars (bias corrections, scales, learned rates).
+
+  The widest floating dtype among the leaves, at least float32: float64 params
+  (under ``jax.enable_x64``) get float64 scalars; bfloat16/float16 params get
+  float32 ones. Fixed at ``init`` so the state's dtypes never change between
+  steps (``lax.scan`` requires it), whatever dtype injected hyperparameters have.
+  """
+  dtypes = [jnp.asarray(x).dtype for x in jax.tree.leaves(params)]
+  return jnp.result_type(jnp.float32, *[d for d in dtypes if jnp.issubdtype(d, jnp.floating)])
+
+
 def check_positive_int(value, name: str) -> None:
   if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
     raise ValueError(f"{name}={value!r} is not allowed: pass a positive integer.")

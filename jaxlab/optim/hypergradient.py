@@ -7,14 +7,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.optim._checks import check_float_params, check_in_range, check_learning_rate
+from jaxlab.optim._checks import (
+  check_float_params,
+  check_in_range,
+  check_learning_rate,
+  scalar_dtype,
+)
 
 
 class HypergradientState(NamedTuple):
   """State of `hypergradient`."""
 
   count: jax.Array  # int32 scalar
-  lr_offset: jax.Array  # float32 scalar: alpha_t - base_lr(t), learned by hypergradient descent
+  lr_offset: jax.Array  # scalar in `scalar_dtype(params)`: alpha_t - base_lr(t), learned by HD
   prev_direction: optax.Updates  # d_{t-1}, the inner direction of the last step (zeros at start)
   inner_state: optax.OptState
 
@@ -38,14 +43,15 @@ def scale_by_hypergradient(
   def init_fn(params):
     check_float_params(params, "hypergradient")
     return HypergradientState(
-        count=jnp.zeros([], jnp.int32), lr_offset=jnp.zeros([], jnp.float32),
+        count=jnp.zeros([], jnp.int32), lr_offset=jnp.zeros([], scalar_dtype(params)),
         prev_direction=optax.tree.zeros_like(params), inner_state=inner.init(params))
 
   def update_fn(updates, state, params=None):
-    h = optax.tree.vdot(updates, state.prev_direction).astype(jnp.float32)
-    offset = state.lr_offset + hypergrad_lr * h
+    dt = state.lr_offset.dtype  # fixed at init: injected float64 hyperparameters must not change it
+    h = optax.tree.vdot(updates, state.prev_direction).astype(dt)
+    offset = (state.lr_offset + jnp.asarray(hypergrad_lr, dt) * h).astype(dt)
     base = learning_rate(state.count) if callable(learning_rate) else learning_rate
-    alpha = base + offset
+    alpha = jnp.asarray(base, dt) + offset
     direction, inner_state = inner.update(updates, state.inner_state, params)
     new_updates = jax.tree.map(lambda d: (alpha * d).astype(d.dtype), direction)
     return new_updates, HypergradientState(

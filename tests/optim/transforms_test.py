@@ -206,6 +206,37 @@ def test_normalized_gd_matches_numpy_loop():
   assert np.all(np.sign(a @ np.asarray(params["w"])) == y)  # separable data: solved
 
 
+@pytest.mark.parametrize("sizes", [(10, 10, 10, 10), (12, 8, 14, 6)])
+def test_normalized_gd_every_k_matches_the_large_batch_rule(sizes):
+  # k micro-batches (equal or not) with every_k = k give the update of one step on all
+  # n examples: beta over all n margins, the gradient of the mean loss over all n.
+  rng = np.random.default_rng(6)
+  a, y = _logistic_data(rng, n=sum(sizes))
+  gamma, k = 10.0, len(sizes)
+  bounds = np.cumsum((0,) + sizes)
+  tx = normalized_gd(gamma, every_k=k)
+  th = jnp.zeros(a.shape[1], jnp.float32)
+  state = tx.init(th)
+
+  def micro(th, state, aj, yj):
+    g = jax.grad(lambda t: jnp.mean(jax.nn.softplus(-yj * (aj @ t))))(th)
+    return tx.update(g, state, th, margins=yj * (aj @ th))
+
+  micro = jax.jit(micro)
+  for t in range(8):
+    th64 = np.asarray(th, np.float64)
+    sig = 1.0 / (1.0 + np.exp(y * (a @ th64)))  # Tyurin Sec. 6 on the whole batch
+    ref = -gamma * (1.0 / sig.mean()) * (-(sig * y) @ a / len(y))
+    for j in range(k):
+      sl = slice(bounds[j], bounds[j + 1])
+      u, state = micro(th, state, a[sl], y[sl])
+      if j < k - 1:
+        assert float(jnp.abs(u).max()) == 0.0
+    assert rel_err(u, ref) <= RTOL, (t, rel_err(u, ref))
+    assert abs(float(state[0].last_scale) * sig.mean() - 1.0) <= RTOL
+    th = optax.apply_updates(th, u)
+
+
 def test_normalized_gd_without_margins_raises():
   tx = normalized_gd(1.0)
   p = jnp.zeros(3)

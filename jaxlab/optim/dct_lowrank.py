@@ -28,18 +28,27 @@ class ScaleByDCTLowRankState(NamedTuple):
   indices: optax.Updates  # int32 (rank,) per projected leaf; int32 (0,) for the others
 
 
-@functools.lru_cache(maxsize=64)
-def dct_basis(size: int, dtype_name: str = "float32") -> np.ndarray:
-  """Orthonormal DCT-II basis as columns: Q[j, k] = c_k cos(pi k (2j + 1) / (2 size)).
+BASES = ("dct3", "dct2")
 
-  c_0 = sqrt(1/size), c_k = sqrt(2/size); S = G @ Q is the DCT-II of each row of G.
-  Computed once per size in float64 and cached, so layers of the same size share it.
+
+@functools.lru_cache(maxsize=64)
+def dct_basis(size: int, dtype_name: str = "float32", basis: str = "dct3") -> np.ndarray:
+  """The orthonormal projection matrix Q (size x size) whose columns are selected.
+
+  With C the orthonormal DCT-II matrix, C[k, j] = c_k cos(pi k (2j + 1) / (2 size)),
+  c_0 = sqrt(1/size), c_k = sqrt(2/size) (so C x = DCT-II of x):
+    basis="dct3": Q = C, the authors' ``dct3_matrix`` and DCTAdamW's default
+      (``sim_type='matmul'``); x @ Q is the orthonormal DCT-III of a row x.
+    basis="dct2": Q = C^T, their ``sim_type='makhoul'`` path; column k is the
+      cosine of frequency k and x @ Q is the orthonormal DCT-II of x.
+  Computed once per (size, dtype, basis) in float64 and cached, so layers of
+  the same size share it.
   """
-  j = np.arange(size)[:, None]
-  k = np.arange(size)[None, :]
-  q = np.sqrt(2.0 / size) * np.cos(np.pi * k * (2 * j + 1) / (2 * size))
-  q[:, 0] *= np.sqrt(0.5)
-  return q.astype(dtype_name)
+  k = np.arange(size)[:, None]
+  j = np.arange(size)[None, :]
+  c = np.sqrt(2.0 / size) * np.cos(np.pi * k * (2 * j + 1) / (2 * size))
+  c[0, :] *= np.sqrt(0.5)
+  return (c if basis == "dct3" else c.T).astype(dtype_name)
 
 
 def _matrix_view(x, dim_nums: GaLoreDimensionNumbers):
@@ -67,12 +76,13 @@ def scale_by_dct_lowrank(
     scale: float = 1.0,
     base_optimizer: Optional[optax.GradientTransformation] = None,
     weight_dimension_numbers: Any = None,
+    basis: str = "dct3",
 ) -> optax.GradientTransformation:
-  r"""Low-rank projection of matrix gradients onto r DCT-II basis vectors (DCT-AdamW).
+  r"""Low-rank projection of matrix gradients onto r columns of a DCT matrix (DCT-AdamW).
 
   Math (Modoranu et al. 2025, Section 3; the authors' DCTAdamW): for a gradient
   G of shape n x m (after `weight_dimension_numbers`), with Q the orthonormal
-  DCT-II basis of size min(n, m) (`dct_basis`, built once, shared by same-size
+  DCT matrix of size min(n, m) (`dct_basis`, built once, shared by same-size
   layers):
     n >= m: S = G Q (n x m); on a refresh step keep the r columns of largest
             l1 norm, idx = top_r ||S[:, k]||_1; a = G Q[:, idx]  (n x r);
@@ -96,6 +106,13 @@ def scale_by_dct_lowrank(
     weight_dimension_numbers: as in ``optax.contrib.galore``: None (project
       2-D leaves), one ``GaLoreDimensionNumbers`` for every leaf of rank >= 2,
       a pytree of them (None to skip a leaf), or a callable params -> pytree.
+    basis: which DCT matrix Q is (`dct_basis`). "dct3" (default) is the matrix
+      the authors' DCTAdamW uses by default (``sim_type='matmul'``, their
+      ``dct3_matrix``: S = G Q is the DCT-III of G's rows), so the default
+      reproduces their released optimizer. "dct2" is the transpose, which their
+      ``sim_type='makhoul'`` option uses (S = the DCT-II of G's rows, computable
+      by FFT; its columns are single-frequency cosines). Both are orthonormal
+      and pick different subspaces for the same gradient.
 
   Returns:
     An optax.GradientTransformation.
@@ -115,6 +132,9 @@ def scale_by_dct_lowrank(
   check_positive_int(rank, "rank")
   check_positive_int(update_every, "update_every")
   check_finite(scale, "scale")
+  if basis not in BASES:
+    raise ValueError(f"basis={basis!r} is not allowed: one of {BASES} (dct3 = the authors' "
+                     "default DCTAdamW matrix, dct2 = its transpose, their makhoul path).")
   base = optax.scale_by_adam() if base_optimizer is None else base_optimizer
   is_dn_leaf = lambda x: x is None or isinstance(x, GaLoreDimensionNumbers)
 
@@ -165,7 +185,7 @@ def scale_by_dct_lowrank(
         return g, idx
       to_mat, _, right, size, r = p
       g2 = to_mat(g)
-      q = jnp.asarray(dct_basis(size, np.dtype(g2.dtype).name))
+      q = jnp.asarray(dct_basis(size, np.dtype(g2.dtype).name, basis))
 
       def new_subspace():
         if right:
@@ -192,7 +212,7 @@ def scale_by_dct_lowrank(
       if p is None:
         return u
       _, from_mat, right, size, _ = p
-      q_r = jnp.take(jnp.asarray(dct_basis(size, np.dtype(u.dtype).name)), idx, axis=1)
+      q_r = jnp.take(jnp.asarray(dct_basis(size, np.dtype(u.dtype).name, basis)), idx, axis=1)
       full = u @ q_r.T if right else q_r @ u
       return (scale * from_mat(full)).astype(g.dtype)
 
@@ -216,6 +236,7 @@ def dct_lowrank(
     scale: float = 1.0,
     base_optimizer: Optional[optax.GradientTransformation] = None,
     weight_dimension_numbers: Any = None,
+    basis: str = "dct3",
 ) -> optax.GradientTransformation:
   r"""DCT-AdamW: `scale_by_dct_lowrank` with Adam, decoupled weight decay and a learning rate.
 
@@ -227,7 +248,7 @@ def dct_lowrank(
 
   Args:
     learning_rate: float >= 0 or an optax schedule.
-    rank, update_every, scale, weight_dimension_numbers: see `scale_by_dct_lowrank`.
+    rank, update_every, scale, weight_dimension_numbers, basis: see `scale_by_dct_lowrank`.
     b1, b2, eps: Adam parameters (ignored when ``base_optimizer`` is given).
     weight_decay: decoupled weight decay >= 0; ``mask`` selects leaves.
     base_optimizer: replaces Adam in the low-rank space.
@@ -250,7 +271,8 @@ def dct_lowrank(
   check_in_range(weight_decay, "weight_decay", 0.0, float("inf"))
   if base_optimizer is None:
     base_optimizer = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
-  parts = [scale_by_dct_lowrank(rank, update_every, scale, base_optimizer, weight_dimension_numbers)]
+  parts = [scale_by_dct_lowrank(rank, update_every, scale, base_optimizer, weight_dimension_numbers,
+                                basis)]
   if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
     parts.append(optax.add_decayed_weights(weight_decay, mask))
   parts.append(optax.scale_by_learning_rate(learning_rate))

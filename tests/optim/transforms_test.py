@@ -120,13 +120,36 @@ def _dct_numpy_adam(a, mom, vel, t, b1, b2, eps):
   return mom, vel, (mom / (1 - b1**t)) / (np.sqrt(vel / (1 - b2**t)) + eps)
 
 
-def test_dct_lowrank_matches_numpy_loop():
+def test_dct_basis_is_the_authors_dct3_matrix_by_default():
+  # Independent references: the authors' dct3_matrix written out (Q[i, j] = sqrt(2/n)
+  # cos(pi i (2j + 1) / (2n)), row 0 times sqrt(1/2)) and scipy's orthonormal DCTs.
+  from jaxlab.optim.dct_lowrank import dct_basis
+  n = 7
+  i, j = np.arange(n)[:, None], np.arange(n)[None, :]
+  authors = np.sqrt(2.0 / n) * np.cos(np.pi * i * (2 * j + 1) / (2 * n))
+  authors[0] *= np.sqrt(0.5)
+  np.testing.assert_allclose(dct_basis(n, "float64"), authors, atol=1e-14)
+  g = np.random.default_rng(0).standard_normal((5, n))
+  # Default (their sim_type='matmul'): rows of G go through the DCT-III.
+  np.testing.assert_allclose(g @ dct_basis(n, "float64"),
+                             scipy.fft.dct(g, type=3, norm="ortho", axis=1), atol=1e-13)
+  # basis="dct2" (their sim_type='makhoul'): the transpose, rows through the DCT-II.
+  np.testing.assert_allclose(g @ dct_basis(n, "float64", "dct2"),
+                             scipy.fft.dct(g, type=2, norm="ortho", axis=1), atol=1e-13)
+  with pytest.raises(ValueError, match="basis="):
+    dct_lowrank(1e-3, basis="dct4")
+
+
+@pytest.mark.parametrize("basis", [None, "dct2"])
+def test_dct_lowrank_matches_numpy_loop(basis):
   rng = np.random.default_rng(3)
   shapes = {"tall": (12, 6), "wide": (5, 10), "bias": (7,)}
   params = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
   grads = random_grads(rng, shapes)
   lr, r, every, b1, b2, eps, wd = 1e-2, 3, 4, 0.9, 0.99, 1e-8, 0.1
-  tx = dct_lowrank(lr, rank=r, update_every=every, b1=b1, b2=b2, eps=eps, weight_decay=wd)
+  kind = {None: 3, "dct2": 2}[basis]  # None: the default, the authors' DCT-III matrix
+  tx = dct_lowrank(lr, rank=r, update_every=every, b1=b1, b2=b2, eps=eps, weight_decay=wd,
+                   **({} if basis is None else {"basis": basis}))
   steps, _ = run_jax(tx, params, grads)
   low_shape = {"tall": (12, r), "wide": (r, 10), "bias": (7,)}
   mom = {k: np.zeros(s) for k, s in low_shape.items()}
@@ -139,8 +162,8 @@ def test_dct_lowrank_matches_numpy_loop():
         mom[k], vel[k], u = _dct_numpy_adam(gk, mom[k], vel[k], t, b1, b2, eps)
         full = u
       else:
-        axis = 1 if k == "tall" else 0  # DCT-II along the smaller dimension
-        s = scipy.fft.dct(gk, type=2, norm="ortho", axis=axis)
+        axis = 1 if k == "tall" else 0  # the transform along the smaller dimension
+        s = scipy.fft.dct(gk, type=kind, norm="ortho", axis=axis)
         if (t - 1) % every == 0:
           idx[k] = np.argsort(-np.abs(s).sum(axis=1 - axis))[:r]
         a = s[:, idx[k]] if k == "tall" else s[idx[k], :]
@@ -150,7 +173,7 @@ def test_dct_lowrank_matches_numpy_loop():
           coeffs[:, idx[k]] = u
         else:
           coeffs[idx[k], :] = u
-        full = scipy.fft.idct(coeffs, type=2, norm="ortho", axis=axis)
+        full = scipy.fft.idct(coeffs, type=kind, norm="ortho", axis=axis)
       ref = -lr * (full + wd * p[k])
       assert rel_err(upd[k], ref) <= RTOL, (t, k, rel_err(upd[k], ref))
 

@@ -25,6 +25,28 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+  """`tree` with every leaf replicated on the mesh (`jax.device_put`).
+
+  With several processes every process passes the same values: a leaf on
+  this process's devices goes through the host (`device_put` cannot move it
+  onto other processes' devices), typed PRNG keys as their key data; a leaf
+  already spread over the processes is resharded by `device_put`.
+  """
+  target = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, target)
+
+  def put(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, target)
+    if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = jax.device_put(np.asarray(jax.random.key_data(x)), target)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), target)
+  return jax.tree.map(put, tree)
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
@@ -47,11 +69,15 @@ def check_batch_size(batch_size: int, mesh: Mesh, key: str = "batch_size") -> No
         f"allowed: a multiple of {n}")
 
 
-def put_batch(batch: Any, mesh: Mesh) -> Any:
-  """Places a host batch on the mesh, leading dimension split over "data".
+def put_batch(batch: Any, mesh: Mesh, *, local: bool = False) -> Any:
+  """Places a batch on the mesh, leading dimension split over "data".
 
-  On several hosts each process passes its local slice and the global array is
-  assembled with `jax.make_array_from_process_local_data`.
+  `batch` is the global batch, the same on every process (e.g. from a
+  `step -> batch` function); with several processes each one keeps only the
+  rows its own devices hold (`host_batch`) and the global array is assembled
+  with `jax.make_array_from_process_local_data`. With `local=True` the caller
+  passes this process's rows itself (`host_batch(global_batch, mesh)`, or a
+  loader that reads only them).
   """
   if jax.process_count() == 1:
     if mesh.size == 1 and mesh.devices.flat[0] == jax.devices()[0] \
@@ -61,12 +87,36 @@ def put_batch(batch: Any, mesh: Mesh) -> Any:
       return batch
     return jax.device_put(batch, batch_sharded(mesh))
   sharding = batch_sharded(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+  rows = batch if local else host_batch(batch, mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), rows)
 
 
-def host_batch(batch: Any) -> Any:
-  """This process's slice of a global batch (identity on one host)."""
+def _local_rows(n: int, mesh: Mesh) -> list[tuple[int, int]]:
+  """The [start, stop) row ranges of a batch of `n` rows held by this process's devices."""
+  spans = set()
+  for index in batch_sharded(mesh).addressable_devices_indices_map((n,)).values():
+    start, stop, _ = index[0].indices(n)
+    spans.add((start, stop))
+  return sorted(spans)
+
+
+def host_batch(batch: Any, mesh: Mesh | None = None) -> Any:
+  """This process's rows of a global batch (identity with one process).
+
+  With `mesh`, the rows that this process's devices hold in the mesh (what
+  `put_batch(..., local=True)` expects); without, the process's equal share
+  in process order (`np.array_split`).
+  """
   if jax.process_count() == 1:
     return batch
-  i, n = jax.process_index(), jax.process_count()
-  return jax.tree.map(lambda x: np.array_split(np.asarray(x), n)[i], batch)
+  if mesh is None:
+    i, n = jax.process_index(), jax.process_count()
+    return jax.tree.map(lambda x: np.array_split(np.asarray(x), n)[i], batch)
+
+  def rows(x):
+    x = np.asarray(x)
+    spans = _local_rows(x.shape[0], mesh)
+    if len(spans) == 1:
+      return x[spans[0][0]:spans[0][1]]
+    return np.concatenate([x[a:b] for a, b in spans])
+  return jax.tree.map(rows, batch)

@@ -48,26 +48,37 @@ class ExpFit(NamedTuple):
     return self.a * np.exp(self.b * np.asarray(t, np.float64)) + self.c
 
 
-def _rss_at(b: float, t: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-  A = np.stack([np.exp(b * t), np.ones_like(t)], axis=1)
+def _rss_at(b: float, t: np.ndarray, y: np.ndarray,
+            c_min: float | None = None) -> tuple[float, float, float]:
+  e = np.exp(b * t)
+  A = np.stack([e, np.ones_like(t)], axis=1)
   (a, c), *_ = np.linalg.lstsq(A, y, rcond=None)
-  r = A @ np.array([a, c]) - y
+  if c_min is not None and c < c_min:
+    # The RSS is a convex quadratic in (a, c): with c below its bound, the
+    # constrained optimum has c = c_min and a the 1-D least-squares slope.
+    c = c_min
+    a = float(e @ (y - c) / (e @ e))
+  r = a * e + c - y
   return float(r @ r), float(a), float(c)
 
 
-def fit_exponential(losses: Sequence[float], t: Sequence[float] | None = None) -> ExpFit:
+def fit_exponential(losses: Sequence[float], t: Sequence[float] | None = None,
+                    c_min: float | None = None) -> ExpFit:
   """Least-squares fit of AutoLRS's exponential model L(t) = a·exp(b·t) + c, b < 0.
 
   For fixed b the model is linear in (a, c), solved exactly; b is found by a
   1-D search over log(−b) (variable projection, as the authors' code does with
   Nelder–Mead; here a log grid over decay rates from 1e-3/T to 1e3/T, T the
   span of `t`, refined by a bounded Brent search, so the fit is
-  deterministic). The authors additionally smooth the series with an
-  iterated spline that drops outliers; we fit the raw series.
+  deterministic). The hook first cleans the series (`clean_series`).
 
   Args:
     losses: the loss series, at least 3 finite values.
     t: its abscissae (default 0, 1, ..., n − 1: the number of updates applied).
+    c_min: optional lower bound on the asymptote c (our addition, not the
+      paper's: e.g. 0 for a cross-entropy). Unconstrained, a nearly straight
+      short series fits with b → 0 and c → −∞, and its forecast is a linear
+      extrapolation that can fall below any attainable loss.
 
   Returns:
     An `ExpFit`; call it to forecast, e.g. `fit(tau)`.
@@ -85,21 +96,58 @@ def fit_exponential(losses: Sequence[float], t: Sequence[float] | None = None) -
     raise ValueError("t has no spread; allowed: at least two distinct abscissae")
   t0 = t - t.min()  # a shift only rescales a: better conditioned, same fit
   grid = np.linspace(math.log(1e-3), math.log(1e3), 121)
-  rss = [_rss_at(-math.exp(u) / span, t0, y)[0] for u in grid]
+  if c_min is not None and not math.isfinite(c_min):
+    raise ValueError(f"c_min={c_min!r}; allowed: None or a finite float")
+  rss = [_rss_at(-math.exp(u) / span, t0, y, c_min)[0] for u in grid]
   i = int(np.argmin(rss))
   lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
-  res = scipy.optimize.minimize_scalar(lambda u: _rss_at(-math.exp(u) / span, t0, y)[0],
+  res = scipy.optimize.minimize_scalar(lambda u: _rss_at(-math.exp(u) / span, t0, y, c_min)[0],
                                        bounds=(lo, hi), method="bounded",
                                        options={"xatol": 1e-10})
   u = float(res.x) if res.fun <= rss[i] else float(grid[i])
   b = -math.exp(u) / span
-  r, a, c = _rss_at(b, t0, y)
+  r, a, c = _rss_at(b, t0, y, c_min)
   return ExpFit(a * math.exp(-b * t.min()), b, c, r)
 
 
-def forecast(losses: Sequence[float], horizon: float) -> float:
+def clean_series(losses: Sequence[float], *, rounds: int = 10, drop_fraction: float = 0.03,
+                 window: float = 0.5, degree: int = 2) -> np.ndarray:
+  """Which points of a training-loss series to fit: a mask that drops early outliers.
+
+  The authors' code cleans the look-ahead losses before the exponential fit:
+  `rounds` times, a smoothing spline (scipy's `UnivariateSpline`, degree
+  `degree`, its default smoothing) is fitted to the points kept so far and the
+  `drop_fraction` of points with the largest residuals (at least one) are
+  dropped — only from the first `window` of the series, where a new rate's
+  transient spikes are. The authors then fit the spline's values at every
+  step; we fit the kept raw points (a spline through a clean exponential
+  bends its forecast). Without the cleaning, a spike at the first look-ahead
+  step (a large rate) fits as a fast decay to c and forecasts a loss near
+  zero. Series shorter than degree + 3 points are kept whole.
+  """
+  import scipy.interpolate
+
+  y = np.asarray(losses, np.float64)
+  t = np.arange(y.size, dtype=np.float64)
+  keep = np.ones(y.size, bool)
+  if y.size < degree + 3:
+    return keep
+  early = t < t[int((y.size - 1) * window)]
+  per_round = max(1, round(drop_fraction * y.size))
+  spline = lambda m: scipy.interpolate.UnivariateSpline(t[m], y[m], k=degree)
+  for _ in range(rounds):
+    fit = spline(keep)
+    resid = np.where(keep & early, np.abs(y - fit(t)), -np.inf)
+    n_drop = min(per_round, int(np.sum(np.isfinite(resid))), int(keep.sum()) - degree - 2)
+    if n_drop <= 0:
+      break
+    keep[np.argsort(-resid, kind="stable")[:n_drop]] = False
+  return keep
+
+
+def forecast(losses: Sequence[float], horizon: float, c_min: float | None = None) -> float:
   """The exponential model fitted to `losses` (at t = 0, 1, ...) evaluated at t = `horizon`."""
-  return float(fit_exponential(losses)(horizon))
+  return float(fit_exponential(losses, c_min=c_min)(horizon))
 
 
 # ---------------------------------------------------------------------------
@@ -272,13 +320,15 @@ class AutoLRSHook:
   at_start = True
 
   def __init__(self, loss_fn, tx, batch_fn, num_steps, min_lr, max_lr, tau, tau_max, num_lrs,
-               lookahead_fraction, acquisition, kappa, xi, select, seed, hyperparam, mesh):
+               lookahead_fraction, acquisition, kappa, xi, select, seed, hyperparam, mesh,
+               loss_floor, clean):
     self.loss_fn, self.tx, self.batch_fn = loss_fn, tx, batch_fn
     self.num_steps, self.min_lr, self.max_lr = num_steps, min_lr, max_lr
     self.tau, self.tau_max, self.num_lrs = tau, tau_max, num_lrs
     self.lookahead_fraction, self.acquisition = lookahead_fraction, acquisition
     self.kappa, self.xi, self.select, self.seed = kappa, xi, select, seed
-    self.hyperparam, self.mesh = hyperparam, mesh
+    self.hyperparam, self.mesh, self.loss_floor = hyperparam, mesh, loss_floor
+    self.clean = clean
     self.every_steps = tau  # every stage starts at a multiple of τ (τ doubles)
     self.plan = {s.start: s for s in stages(num_steps, tau, tau_max, lookahead_fraction)}
 
@@ -313,7 +363,9 @@ class AutoLRSHook:
       return math.inf, float(losses[0])
     if stage.lookahead < 3:
       return float(losses[-1]), float(losses[0])
-    return forecast(losses, stage.length), float(losses[0])
+    keep = clean_series(losses) if self.clean else np.ones(losses.size, bool)
+    fit = fit_exponential(losses[keep], np.flatnonzero(keep), c_min=self.loss_floor)
+    return float(fit(stage.length)), float(losses[0])
 
   def search(self, state: Any, stage: Stage) -> BOResult:
     """One stage's BO: k look-aheads from `state`, each forecast at the stage's end."""
@@ -356,7 +408,8 @@ def autolrs_hook(loss_fn: Callable, tx: optax.GradientTransformation,
                  max_lr: float, tau: int = 1000, tau_max: int = 8000, num_lrs: int = 10,
                  lookahead_fraction: float = 0.1, acquisition: str = "lcb",
                  kappa: float = 1e3, xi: float = 0.01, select: str = "observed", seed: int = 0,
-                 hyperparam: str = "learning_rate", mesh: Any = None) -> AutoLRSHook:
+                 hyperparam: str = "learning_rate", mesh: Any = None,
+                 loss_floor: float | None = None, clean: bool = True) -> AutoLRSHook:
   """AutoLRS as a state-updating train-loop hook: a learning rate per stage by BO on the fly.
 
   Math (Jin et al. 2021):
@@ -384,8 +437,7 @@ def autolrs_hook(loss_fn: Callable, tx: optax.GradientTransformation,
   not counted in the loop's `num_steps`: for a budget of B updates in all,
   train `train_steps_for_budget(B, ...)` steps.
 
-  Differences from the authors' code, all documented choices: the look-ahead
-  losses are not spline-smoothed before the fit; the forecast uses training
+  Differences from the authors' code, all documented choices: the forecast uses training
   losses in every stage (the code switches to validation losses once τ reaches
   τ_max); each look-ahead uses the batches of the stage's first τ' updates,
   the same for every candidate; a non-finite look-ahead scores as the worst
@@ -409,6 +461,11 @@ def autolrs_hook(loss_fn: Callable, tx: optax.GradientTransformation,
     seed: the first candidate of stage i is uniform from (seed, i).
     hyperparam: the injected hyperparameter to set.
     mesh: the loop's mesh (default: all devices, the loop's default).
+    loss_floor: optional lower bound of the loss (0 for a cross-entropy): the
+      fitted asymptote c is kept ≥ it (`fit_exponential(c_min=...)`; our
+      addition — short look-aheads otherwise extrapolate straight lines).
+    clean: drop early outliers and spline-smooth the look-ahead losses before
+      the fit, as the authors' code does (`clean_series`).
 
   Returns:
     An `AutoLRSHook` for `train(..., hooks=(hook,))`.
@@ -458,9 +515,13 @@ def autolrs_hook(loss_fn: Callable, tx: optax.GradientTransformation,
   if not isinstance(tx, optax.GradientTransformation):
     raise ValueError(f"tx={tx!r}; allowed: an optax.GradientTransformation built with "
                      "optax.inject_hyperparams")
+  if loss_floor is not None and (isinstance(loss_floor, bool) or not isinstance(
+      loss_floor, (int, float)) or not math.isfinite(loss_floor)):
+    raise ValueError(f"loss_floor={loss_floor!r}; allowed: None or a finite float")
   if not isinstance(hyperparam, str):
     raise ValueError(f"hyperparam={hyperparam!r}; allowed: the name of an injected "
                      "hyperparameter (a str)")
   return AutoLRSHook(loss_fn, tx, batch_fn, int(num_steps), float(min_lr), float(max_lr),
                      int(tau), int(tau_max), int(num_lrs), float(lookahead_fraction), acquisition,
-                     float(kappa), float(xi), select, int(seed), hyperparam, mesh)
+                     float(kappa), float(xi), select, int(seed), hyperparam, mesh,
+                     None if loss_floor is None else float(loss_floor), bool(clean))

@@ -41,6 +41,25 @@ def test_fit_exponential_matches_curve_fit_on_noisy_losses():
   assert abs(fit(400.0) - 0.3) < 0.03
 
 
+def test_clean_series_drops_an_early_spike_and_keeps_the_forecast():
+  t = np.arange(40.0)
+  y = 2.0 * np.exp(-0.05 * t) + 0.5
+  y[1] = 20.0  # a large rate's first-step spike
+  keep = autolrs.clean_series(y)
+  assert not keep[1] and keep[20:].all()  # only the first half is ever dropped
+  fit = autolrs.fit_exponential(y[keep], t[keep], c_min=0.0)
+  assert fit(400.0) == pytest.approx(0.5, abs=1e-6)  # the clean points are exact
+  # Fitted raw, the spike reads as a fast decay: the forecast is off by > 0.4.
+  assert abs(autolrs.fit_exponential(y, c_min=0.0)(400.0) - 0.5) > 0.4
+
+
+def test_loss_floor_bounds_the_asymptote():
+  y = 2.0 - 0.05 * np.arange(10.0)  # a straight line: unconstrained, c -> -inf
+  assert autolrs.fit_exponential(y)(100.0) < 0.0
+  fit = autolrs.fit_exponential(y, c_min=0.0)
+  assert fit.c >= 0.0 and fit(100.0) >= 0.0
+
+
 def test_gp_search_finds_the_minimum_of_a_quadratic_in_log_lr():
   x0 = 0.37  # the minimizer, in normalized log-LR
   f = lambda x: (x - x0) ** 2
@@ -197,6 +216,7 @@ def test_hook_without_injected_learning_rate_is_a_value_error():
     (dict(kappa=-1.0), "kappa=-1.0"),
     (dict(seed=-1), "seed=-1"),
     (dict(batch_fn=None), "batch_fn=None"),
+    (dict(loss_floor=float("inf")), "loss_floor=inf"),
 ])
 def test_bad_arguments_are_value_errors(kw, match):
   with pytest.raises(ValueError, match=match.replace("(", r"\(")):

@@ -136,7 +136,9 @@ def clean_series(losses: Sequence[float], *, rounds: int = 10, drop_fraction: fl
   per_round = max(1, round(drop_fraction * y.size))
   spline = lambda m: scipy.interpolate.UnivariateSpline(t[m], y[m], k=degree)
   for _ in range(rounds):
-    fit = spline(keep)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # FITPACK's "s too small" notes: the spline only ranks
+      fit = spline(keep)
     resid = np.where(keep & early, np.abs(y - fit(t)), -np.inf)
     n_drop = min(per_round, int(np.sum(np.isfinite(resid))), int(keep.sum()) - degree - 2)
     if n_drop <= 0:

@@ -20,24 +20,35 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlab.models.tract import TrActConv
+
 
 class SmallCNN(nn.Module):
   """Conv(3×3) → BatchNorm → ReLU per entry of `features`, mean-pool, dropout, Dense.
 
   `__call__(x, train)`: in train mode BatchNorm uses the batch's statistics and
   updates its running averages (collection `batch_stats`), dropout draws from
-  the `dropout` rng; in eval mode both are deterministic.
+  the `dropout` rng; in eval mode both are deterministic. `tract_lam=λ` makes
+  the first convolution a `TrActConv` (Petersen et al. 2024; same parameters,
+  kernel gradient (XᵀX/b + λI)⁻¹ ∇W over its 3×3×C patches); None (default):
+  a plain nn.Conv.
   """
 
   features: Sequence[int] = (16, 32)
   num_classes: int = 10
   dropout_rate: float = 0.1
   batch_norm: bool = True
+  tract_lam: float | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    for f in self.features:
-      x = nn.Conv(f, (3, 3), padding="SAME")(x)
+    for i, f in enumerate(self.features):
+      # Explicit names are the ones flax gave before (Conv_0, Conv_1, ...), so the
+      # TrAct first layer keeps the parameter tree of the plain one.
+      if i == 0 and self.tract_lam is not None:
+        x = TrActConv(f, (3, 3), lam=self.tract_lam, padding="SAME", name="Conv_0")(x)
+      else:
+        x = nn.Conv(f, (3, 3), padding="SAME", name=f"Conv_{i}")(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
       x = nn.relu(x)

@@ -51,6 +51,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlab.models import tract
+
 PARAMETRIZATIONS = ("standard", "ntk", "mup")
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -64,6 +66,8 @@ class ScaledDense(nn.Module):
   """y = multiplier · x @ kernel + bias_multiplier · bias.
 
   kernel ~ N(0, init_std²), bias ~ N(0, bias_init_std²) (zero by default).
+  `tract_lam=λ`: the kernel gradient is TrAct's (XᵀX/b + λI)⁻¹ times the
+  ordinary one (`jaxlab.models.tract`, Petersen et al. 2024); None: plain.
   """
 
   features: int
@@ -72,12 +76,14 @@ class ScaledDense(nn.Module):
   use_bias: bool = True
   bias_multiplier: float = 1.0
   bias_init_std: float = 0.0
+  tract_lam: float | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.normal(self.init_std),
                         (x.shape[-1], self.features))
-    y = self.multiplier * (x @ kernel)
+    xw = x @ kernel if self.tract_lam is None else tract.tract_dense(x, kernel, self.tract_lam)
+    y = self.multiplier * xw
     if self.use_bias:
       init = (nn.initializers.normal(self.bias_init_std) if self.bias_init_std > 0
               else nn.initializers.zeros)
@@ -124,6 +130,8 @@ class MLP(nn.Module):
       readout) or σ_w for every layer (neural-tangents' convention).
     bias_std: None (biases start at zero, multiplier 1) or σ_b: biases start
       at N(0, 1) with multiplier σ_b (ntk) or at N(0, σ_b²) (standard).
+    tract_lam: None (plain) or λ: the input layer's kernel gradient becomes
+      TrAct's (XᵀX/b + λI)⁻¹ ∇W (Petersen et al. 2024; `jaxlab.models.tract`).
   """
 
   hidden_sizes: Sequence[int]
@@ -133,6 +141,7 @@ class MLP(nn.Module):
   activation: str = "relu"
   weight_std: float | None = None
   bias_std: float | None = None
+  tract_lam: float | None = None
 
   def _bias_args(self, fan_out: int, kind: str) -> dict:
     if self.bias_std is None:
@@ -153,7 +162,9 @@ class MLP(nn.Module):
     for i, width in enumerate(self.hidden_sizes):
       kind = "input" if i == 0 else "hidden"
       std, mult = layer_scales(self.parametrization, h.shape[-1], width, kind, gain)
-      h = ScaledDense(width, std, mult, **self._bias_args(width, kind), name=f"dense_{i}")(h)
+      tract_lam = self.tract_lam if i == 0 else None
+      h = ScaledDense(width, std, mult, **self._bias_args(width, kind), tract_lam=tract_lam,
+                      name=f"dense_{i}")(h)
       if self.normalize:
         h = nn.LayerNorm(name=f"norm_{i}")(h)
       h = act(h)
@@ -175,7 +186,7 @@ class Model(NamedTuple):
 def mlp(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int, *,
         parametrization: str = "standard", normalize: bool = False,
         activation: str = "relu", weight_std: float | None = None,
-        bias_std: float | None = None) -> Model:
+        bias_std: float | None = None, tract_lam: float | None = None) -> Model:
   """Builds an MLP as a pure `(init, apply)` pair.
 
   `apply(params, x)` returns `(logits, {"hidden": (h_1, ..., h_L)})`.
@@ -183,7 +194,9 @@ def mlp(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int, *,
   neural-tangents' σ_w, σ_b in every layer; with parametrization="ntk" the
   infinite-width NTK is `jaxlab.ntk.fc_kernels(depth=len(hidden_sizes),
   weight_std=weight_std, bias_std=bias_std)`. The default None keeps the
-  He-gain, zero-bias net, whose limit that is not.
+  He-gain, zero-bias net, whose limit that is not. `tract_lam=λ` trains the
+  input layer with TrAct's kernel gradient (XᵀX/b + λI)⁻¹ ∇W (Petersen et al.
+  2024, λ = 0.1 there); None (default) is the plain gradient.
 
   Example:
     >>> model = mlp(40, (64, 64), 10, parametrization="mup")
@@ -207,9 +220,11 @@ def mlp(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int, *,
     if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value)
                                        and value >= 0):
       raise ValueError(f"{name}={value!r}: must be None or a finite number >= 0")
+  if tract_lam is not None:
+    tract_lam = tract.check_lam(tract_lam, "tract_lam")
   module = MLP(tuple(hidden_sizes), num_outputs, parametrization, normalize, activation,
                None if weight_std is None else float(weight_std),
-               None if bias_std is None else float(bias_std))
+               None if bias_std is None else float(bias_std), tract_lam)
 
   def init(key: jax.Array) -> dict:
     return module.init(key, jnp.zeros((1, input_dim), jnp.float32))["params"]

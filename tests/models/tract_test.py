@@ -221,3 +221,43 @@ def test_nnx_layer_through_the_functions():
 def test_bad_input_is_a_value_error(build, match):
   with pytest.raises(ValueError, match=match):
     build().init(jax.random.key(0), jnp.zeros((2, 6, 6, 1)))
+
+
+def test_mlp_option_preconditions_only_the_input_layer():
+  x = jax.random.normal(jax.random.key(19), (32, 6))
+  plain, tr = models.mlp(6, (8, 8), 3), models.mlp(6, (8, 8), 3, tract_lam=0.1)
+  params = plain.init(jax.random.key(20))
+  assert jax.tree.map(jnp.shape, tr.init(jax.random.key(20))) == jax.tree.map(jnp.shape, params)
+  np.testing.assert_allclose(tr.apply(params, x)[0], plain.apply(params, x)[0], rtol=1e-6)
+
+  def grad(model):
+    return jax.jit(jax.grad(lambda p: jnp.sum(model.apply(p, x)[0] ** 2)))(params)
+
+  gp, gt = grad(plain), grad(tr)
+  xn = np.asarray(x, np.float64)
+  assert _rel(gt["dense_0"]["kernel"], _tract_ref(xn, gp["dense_0"]["kernel"], 0.1)) < RTOL
+  for name in ("dense_1", "readout"):  # later layers: the ordinary gradient
+    np.testing.assert_allclose(gt[name]["kernel"], gp[name]["kernel"], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r"tract_lam=-1.0; allowed: a finite number > 0"):
+    models.mlp(6, (8,), 3, tract_lam=-1.0)
+
+
+def test_small_cnn_option_keeps_the_parameter_tree():
+  x = jax.random.uniform(jax.random.key(21), (8, 8, 8, 1))
+  y = jnp.arange(8) % 10
+  plain, tr = models.SmallCNN(features=(4, 8)), models.SmallCNN(features=(4, 8), tract_lam=0.1)
+  params, state = models.linen_init(plain, jax.random.key(22), x)
+  assert sorted(params) == ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1", "Dense_0"]
+  params_t, _ = models.linen_init(tr, jax.random.key(22), x)
+  assert jax.tree.map(jnp.shape, params_t) == jax.tree.map(jnp.shape, params)
+  batch = {"x": x, "y": y}
+
+  def grad(module):
+    loss = models.linen_classifier_loss(module)
+    return jax.jit(jax.grad(lambda p: loss(p, batch, jax.random.key(0), state=state)[0]))(params)
+
+  gp, gt = grad(plain), grad(tr)
+  p_BxD = np.asarray(tract.patches(x, (3, 3), (1, 1), "SAME"), np.float64)  # C = 1: (kh, kw) order
+  ref = _tract_ref(p_BxD, np.asarray(gp["Conv_0"]["kernel"]).reshape(9, 4), 0.1)
+  assert _rel(np.asarray(gt["Conv_0"]["kernel"]).reshape(9, 4), ref) < RTOL
+  np.testing.assert_allclose(gt["Conv_1"]["kernel"], gp["Conv_1"]["kernel"], rtol=1e-5, atol=1e-6)

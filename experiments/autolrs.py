@@ -150,7 +150,9 @@ def main(config, workdir: str) -> dict:
                        "lr": r["autolrs_learning_rate"], "forecast": r["autolrs_forecast"],
                        "tried_lrs": [r[f"autolrs_tried_lr_{j}"] for j in range(a.num_lrs)],
                        "tried_forecasts": [r[f"autolrs_tried_forecast_{j}"]
-                                           for j in range(a.num_lrs)]}
+                                           for j in range(a.num_lrs)],
+                       "tried_rose": [bool(r[f"autolrs_tried_rose_{j}"])
+                                      for j in range(a.num_lrs)]}
                       for r in stage_rows]}
     out["total_steps"] = out["train_steps"] + out["lookahead_steps"]
     finish(rundir, out, result)

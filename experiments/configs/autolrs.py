@@ -12,12 +12,21 @@ Command (2-core CPU):
   python -m experiments.run --config=experiments/configs/autolrs.py:quick --workdir=runs/autolrs_quick
   python -m experiments.run --config=experiments/configs/autolrs.py --workdir=runs/autolrs_full
 
+Options after the colon: `quick`, `tiny` (seconds; the tests).
+
 Expected (measured, quick, loaded 2-core CPU, 1.5-4.5 min): 1,000 updates per
 arm, AutoLRS 500 training + 500 look-ahead; final validation accuracy, seeds
-0 / 1: Adam AutoLRS 0.586 / 0.589 vs tuned WSD 0.671 / 0.681 and cosine
-0.662 / 0.648; momentum AutoLRS 0.089 / 0.102 (a stage picked near the top of
-the range kills the network) vs tuned cosine 0.716 / 0.719. The paper's claim
-(AutoLRS within 0.02 of the tuned schedules) is not reproduced at this scale.
+0 / 1 / 2: Adam AutoLRS 0.637 / 0.633 / 0.626 vs tuned WSD 0.671 / 0.681 /
+0.682 and cosine 0.662 / 0.648 / 0.669; momentum AutoLRS 0.688 / 0.592 / 0.590
+vs tuned cosine 0.716 / 0.719 / 0.672 and WSD 0.705 / 0.702 / 0.708. AutoLRS
+is 0.03-0.06 (Adam) and 0.03-0.13 (momentum) below the better tuned schedule:
+the paper's claim (AutoLRS matches the tuned schedules; checked as within 0.02)
+is not reproduced at this scale. Seeds 1 and 2 of momentum train stages at
+0.018x and 0.29x the benchmark's centre rate (the tuned peak is 3x): a slowly
+falling 20-step look-ahead extrapolates, with the exponential model, to a low
+loss 200 steps on. (Before the rise rule
+and the cleaning fix in jaxlab.optim.autolrs, momentum picked a rate near the
+top of the range and the network died: 0.089 / 0.102 / 0.102.)
 full: not run yet.
 """
 from experiments.configs import common
@@ -25,8 +34,8 @@ from experiments.configs.optimizer_benchmark import BASE_LRS
 
 
 def get_config(arg=None):
-  opts = common.parse_arg(arg, quick=False)
-  c = common.base_config("autolrs", quick=opts.quick)
+  opts = common.parse_arg(arg, quick=False, tiny=False)
+  c = common.base_config("autolrs", quick=opts.quick or opts.tiny)
   c.data = dict(num_samples=5000, data_seed=42)
   c.model = dict(hidden_sizes=(128, 128))
   c.optimizers = ("momentum", "adam")
@@ -50,4 +59,19 @@ def get_config(arg=None):
     c.lr_factors = (1.0, 3.0, 10.0, 30.0)
     c.autolrs.tau = 200
     c.autolrs.tau_max = 400
+  if opts.tiny:  # seconds (the tests): Adam, one cosine rate, AutoLRS in two stages
+    c.data.num_samples = 600
+    c.model.hidden_sizes = (16,)
+    c.optimizers = ("adam",)
+    c.base_lrs = {"adam": BASE_LRS["adam"]}
+    c.schedules = ("cosine",)
+    c.lr_factors = (1.0,)
+    c.budget_steps = 40
+    c.batch_size = 32
+    c.eval_every_steps = 10
+    c.checkpoint_every_steps = 10
+    c.autolrs.tau = 8
+    c.autolrs.tau_max = 16
+    c.autolrs.num_lrs = 2
+    c.autolrs.lookahead_fraction = 0.4
   return c

@@ -53,6 +53,38 @@ def test_clean_series_drops_an_early_spike_and_keeps_the_forecast():
   assert abs(autolrs.fit_exponential(y, c_min=0.0)(400.0) - 0.5) > 0.4
 
 
+# Measured look-aheads (SGD-momentum, MLP on MNIST-1D, 20 steps from the initial state): a rate
+# near the top of the range (2.77) spikes and comes back near its start; 0.1 decays smoothly.
+SPIKY = [2.82, 20.73, 7.96, 12.18, 3.66, 2.93, 45.48, 3.39, 3.11, 3.12, 3.25, 2.86, 2.86, 3.12,
+         2.75, 2.92, 2.84, 2.61, 2.46, 2.63]
+SMOOTH = [2.82, 2.56, 2.39, 2.31, 2.17, 2.14, 2.04, 1.98, 2.0, 1.89, 1.83, 1.84, 1.77, 1.8, 1.75,
+          1.87, 1.86, 1.91, 1.68, 1.76]
+
+
+def test_clean_series_drops_only_outliers_not_the_whole_first_half():
+  # A smooth 20-point series: before the fix every point of the first half was dropped
+  # (at least one per round for 10 rounds, always from the first half).
+  keep = autolrs.clean_series(SMOOTH)
+  assert keep[10:].all() and keep[:10].sum() >= 8, np.flatnonzero(~keep)
+
+
+@pytest.mark.parametrize("rise_rule", [True, False])
+def test_a_lookahead_that_rises_above_its_start_is_not_extrapolated(rise_rule, monkeypatch):
+  h = hook(loss_floor=0.0, rise_rule=rise_rule)
+  stage = autolrs.Stage(0, 0, 200, 20)  # forecast 200 steps from 20
+  series = {1.0: np.asarray(SPIKY), 0.1: np.asarray(SMOOTH), 0.5: np.full(20, np.nan)}
+  monkeypatch.setattr(h, "lookahead", lambda state, stage, lr: series[lr])
+  spiky, _, rose = h.stage_forecast(None, stage, 1.0)
+  smooth, _, smooth_rose = h.stage_forecast(None, stage, 0.1)
+  assert not smooth_rose and 1.6 < smooth < 1.85  # near its current level, 1.81
+  assert h.stage_forecast(None, stage, 0.5)[0] == math.inf
+  if rise_rule:  # the current loss: the mean of the last 10 losses, 2.83
+    assert rose and spiky == pytest.approx(np.mean(SPIKY[-10:]), rel=1e-12)
+    assert spiky > smooth + 0.9
+  else:  # extrapolated, the spiky series forecasts a loss near 0 and wins the stage
+    assert not rose and spiky < 0.1 < smooth
+
+
 def test_loss_floor_bounds_the_asymptote():
   y = 2.0 - 0.05 * np.arange(10.0)  # a straight line: unconstrained, c -> -inf
   assert autolrs.fit_exponential(y)(100.0) < 0.0
@@ -217,6 +249,7 @@ def test_hook_without_injected_learning_rate_is_a_value_error():
     (dict(seed=-1), "seed=-1"),
     (dict(batch_fn=None), "batch_fn=None"),
     (dict(loss_floor=float("inf")), "loss_floor=inf"),
+    (dict(rise_rule="yes"), "rise_rule='yes'"),
 ])
 def test_bad_arguments_are_value_errors(kw, match):
   with pytest.raises(ValueError, match=match.replace("(", r"\(")):

@@ -13,6 +13,16 @@ made by a different config is refused with the changed keys listed (continue
 it anyway with --allow_config_change). Without --workdir the run writes to
 runs/NAME[_ARG]. Every expected failure prints one `error: …` line and exits
 with its own code (see `cli`).
+
+Several processes (one per host, or several on one machine) run one study
+when each is started with the same arguments plus `--coordinator_address`
+(process 0's HOST:PORT), `--num_processes` and its own `--process_id`, the
+arguments of `jax.distributed.initialize`; with none of them the run is one
+process, unless a launcher that started several is detected (SLURM, Open MPI,
+a Cloud TPU slice), where JAX reads the job from the environment. See
+`jaxlab.train.multihost` for who writes what, how the workdir is locked and
+how a failure stops every process; `--heartbeat_timeout_seconds` bounds how
+long the others wait for a process that died.
 """
 from __future__ import annotations
 
@@ -23,11 +33,12 @@ import importlib.util
 import os
 import re
 import sys
+import traceback
 from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from jaxlab.train import checks
+from jaxlab.train import checks, multihost
 from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.errors import WorkdirError
 
@@ -287,11 +298,18 @@ def run(spec: str | ml_collections.ConfigDict, workdir: str,
   different config raises ConfigChangedError listing the changed keys, unless
   `allow_config_change` (the run then continues from its last checkpoint under
   the new config, and the change is recorded in config_changes.jsonl).
+  In a multi-process run every process calls it; the workdir checks are agreed
+  (one process's failure stops all) and only process 0 writes.
   """
   config, module = prepare(spec, overrides)
   with workdir_lib.lock(workdir):
-    workdir_lib.check_layout(workdir)
-    workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
+    error = None
+    try:
+      workdir_lib.check_layout(workdir)
+      workdir_lib.check_config(workdir, config, allow_change=allow_config_change)
+    except (ValueError, WorkdirError) as e:
+      error = e
+    multihost.agree(error)  # one process: raises `error`; several: all raise, or none
     return module.main(config, workdir)
 
 
@@ -301,7 +319,9 @@ def _epilog() -> str:
   return ("configs (experiments/configs/NAME.py; their keys: see each file, or pass an unknown "
           f"--config.KEY to list them): {', '.join(configs)}. Exit codes: 2 bad config, "
           "3 unusable workdir, 4 workdir in use, 5 workdir made by another config, "
-          "6 no checkpoint restores, 7 non-finite loss.")
+          "6 no checkpoint restores, 7 non-finite loss. Several processes: start each with "
+          "--coordinator_address, --num_processes and its --process_id (README, 'Scaling "
+          "out').")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -312,13 +332,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--allow_config_change", action="store_true",
                       help="continue a workdir made by a different config from its last "
                            "checkpoint (recorded in config_changes.jsonl)")
+  parser.add_argument("--coordinator_address", default=None,
+                      help="several processes: HOST:PORT of process 0 (all three flags, or none)")
+  parser.add_argument("--num_processes", default=None, type=int,
+                      help="several processes: how many take part")
+  parser.add_argument("--process_id", default=None, type=int,
+                      help="several processes: this one's index, 0 .. num_processes - 1")
+  parser.add_argument("--heartbeat_timeout_seconds", default=None, type=int,
+                      help="several processes: a process that stops answering for this long "
+                           "ends the others (default: JAX's, 100)")
   args, rest = parser.parse_known_args(argv)
   bad = [r for r in rest if not r.startswith("--config.")]
   if bad:
     raise ValueError(f"unknown arguments {bad}; allowed: --config, --workdir, "
-                     "--allow_config_change, --config.KEY=VALUE")
+                     "--allow_config_change, --coordinator_address, --num_processes, "
+                     "--process_id, --heartbeat_timeout_seconds, --config.KEY=VALUE")
+  multihost.check_args(args.coordinator_address, args.num_processes, args.process_id,
+                       args.heartbeat_timeout_seconds)
   workdir = args.workdir or default_workdir(args.config)
+  multihost.initialize(args.coordinator_address, args.num_processes, args.process_id,
+                       heartbeat_timeout_seconds=args.heartbeat_timeout_seconds)
   summary = run(args.config, workdir, rest, allow_config_change=args.allow_config_change)
+  if not multihost.is_primary():
+    return summary
   print(f"summary ({os.path.join(workdir, 'summary.json')}):")
   for k, v in (summary or {}).items():
     if not isinstance(v, (dict, list)):
@@ -327,18 +363,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def cli(argv: Sequence[str]) -> int:
-  """`main` with every expected failure as one `error: …` line and its exit code."""
+  """`main` with every expected failure as one `error: …` line and its exit code.
+
+  A process of a multi-process run that fails exits after a bounded shutdown
+  (`multihost.exit_after_error`), also on an unexpected error (exit code 1,
+  with its traceback), so that it never waits forever for its peers.
+  """
   from jaxlab.train import NonFiniteError
 
   try:
     main(argv)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    code, message = 2, str(e)
   except (WorkdirError, NonFiniteError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return e.exit_code
-  return 0
+    code, message = e.exit_code, str(e)
+  except Exception:
+    if multihost.process_count() == 1:
+      raise
+    traceback.print_exc()
+    code, message = 1, None
+  else:
+    return 0
+  if multihost.process_count() == 1:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+  if message is not None:
+    print(f"error: (process {multihost.process_index()}) {message}", file=sys.stderr)
+  multihost.exit_after_error(code)
+  return code  # not reached
 
 
 if __name__ == "__main__":

@@ -8,6 +8,17 @@ shape, dtype and SHA-256 of its bytes). `restore_verified` tries the steps from
 the newest down, skips a step that fails to restore or to verify (naming its
 path and the reason), moves it aside into `<directory>.rejected/` (nothing is
 deleted) and continues from the newest good step.
+
+Several processes (`jaxlab.train.multihost`) save and restore together through
+orbax's multi-process support: every process calls `save` and `restore`, each
+writes and reads the shards its devices hold, process 0 commits the step and
+writes the integrity record. A leaf's checksum is always that of the whole
+array in C order, whatever the sharding, so a step written by N processes
+verifies when read by one (`load_state`) and the other way round: a replicated
+array is hashed from this process's copy, a sharded one is first gathered
+(`process_allgather`, a collective over every process). Whether a step
+restores and verifies is agreed by all processes, so they resume from the same
+step; process 0 moves the rejected ones aside.
 """
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxlab._tree import path_parts
-from jaxlab.train import io
+from jaxlab.train import io, multihost
 from jaxlab.train.errors import CheckpointError
 from jaxlab.train.step import TrainState
 
@@ -63,13 +74,20 @@ def _to_tree(state: TrainState) -> dict:
   return tree
 
 
+def _whole(x: Any) -> np.ndarray:
+  """The whole array on the host, also when other processes hold some of its shards."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:  # this process's copy is the whole array
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))  # collective
+  return np.asarray(jax.device_get(x))
+
+
 def _leaf_record(x: Any, digest: bool) -> dict:
   rec = {"shape": list(np.shape(x)), "dtype": str(np.dtype(x.dtype))}
   if digest:
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      rec["sha256"] = None  # multi-process: this process sees only its shards
-    else:
-      rec["sha256"] = hashlib.sha256(np.ascontiguousarray(jax.device_get(x)).tobytes()).hexdigest()
+    rec["sha256"] = hashlib.sha256(np.ascontiguousarray(_whole(x)).tobytes()).hexdigest()
   return rec
 
 
@@ -80,7 +98,12 @@ def _path(path: tuple) -> str:
 
 
 def integrity_record(tree: Any, digest: bool = True) -> dict[str, dict]:
-  """`{leaf path: {shape, dtype, sha256}}` of a pytree of arrays."""
+  """`{leaf path: {shape, dtype, sha256}}` of a pytree of arrays.
+
+  The SHA-256 is that of the whole array's bytes in C order, independent of its
+  sharding. With `digest` and several processes this is a collective when a
+  leaf is sharded across processes: every process must call it on the same tree.
+  """
   return {_path(p): _leaf_record(x, digest)
           for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
@@ -185,8 +208,19 @@ class Checkpointer:
       raise CheckpointError(f"no checkpoint step {step} in {self.directory}; the steps there "
                             f"are {self.all_steps()}")
     record = self._record(step)
-    tree = self._verified(step, record)
+    tree = self._verified(step, record, self._abstract_local(step))
     return step, _data_to_keys(tree, record.get("keys", {}))
+
+  def _abstract_local(self, step: int) -> Any:
+    """The saved tree's shapes and dtypes, each leaf whole on this process's first
+    device: a step saved on other devices (N processes, forced host devices)
+    restores here too."""
+    from etils import epath
+
+    meta = ocp.StandardCheckpointHandler().metadata(epath.Path(self.step_path(step)) / "state")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        getattr(meta, "tree", meta))
 
   def restore(self, like: TrainState, step: int | None = None) -> TrainState:
     """Restores and verifies one step (default: the newest); raises on any failure."""
@@ -221,11 +255,17 @@ class Checkpointer:
     failures: list[tuple[int, str]] = []
     for step in reversed(steps):
       noise = stdio.StringIO()
+      error = None
       try:
         # A failed TensorStore read makes orbax's reader threads print "Event
         # loop is closed" tracebacks to stderr; the failure is reported below.
         with contextlib.redirect_stderr(noise):
           state = self.restore(like, step)
+      except Exception as e:  # noqa: BLE001 - any reader error means this step is unusable
+        error = e
+      try:
+        # Several processes: a step failing on any one is unusable for all.
+        multihost.agree(error)
       except CheckpointError:
         raise  # a different model, not damage: stop, touch nothing
       except Exception as e:  # noqa: BLE001 - any reader error means this step is unusable
@@ -233,11 +273,13 @@ class Checkpointer:
         reason = " ".join(str(e).split("See full TensorStore details")[0].split())[:300]
         failures.append((step, f"{type(e).__name__}: {reason}"))
         continue
-      for bad, reason in failures:
-        dest = self._set_aside(bad)
-        log.warning("checkpoint %s did not restore (%s); moved to %s; resuming from step %d",
-                    self.step_path(bad), reason, dest, step)
+      if multihost.is_primary():
+        for bad, reason in failures:
+          dest = self._set_aside(bad)
+          log.warning("checkpoint %s did not restore (%s); moved to %s; resuming from step %d",
+                      self.step_path(bad), reason, dest, step)
       if failures:
+        multihost.barrier("jaxlab_checkpoint_set_aside")
         self.manager.reload()
       return state
     if failures:

@@ -7,6 +7,10 @@ same directory, are flushed to disk and renamed over the target
 flushed line at a time, and a line torn by a kill or a full disk is dropped
 (with a warning) when the run resumes.
 
+In a multi-process run only process 0 writes (`jaxlab.train.multihost`): on
+the other processes every write here returns without touching the disk, and
+`MetricsLogger.resume_from` only reads.
+
 Fault injection for tests: with the environment variable
 `JAXLAB_FAULT=NAME[:K]`, the K-th time (default 1) this process passes the
 write boundary NAME it kills itself with SIGKILL. The boundaries are listed in
@@ -26,6 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from jaxlab.train import multihost
 from jaxlab.train.errors import WorkdirError
 
 log = logging.getLogger("jaxlab")
@@ -100,7 +105,10 @@ def atomic_write(path: str, data: bytes | str, *, writer=None) -> None:
   fsynced, then renamed over `path`; a kill at any instant leaves the old file
   or the new one. The temporary file is removed if writing fails, and one
   left by a killed writer is removed by the next write of the same file.
+  In a multi-process run only process 0 writes; the others return at once.
   """
+  if not multihost.is_primary():
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   # A temporary file of this target left by a killed writer (one process owns a
@@ -190,10 +198,15 @@ class MetricsLogger:
   `resume_from(step)` keeps the rows up to `step` and drops later ones (work
   a kill threw away) and a torn last line, replacing the file atomically, so
   a kill during a resume loses nothing.
+
+  In a multi-process run only process 0 writes; on the others `write` and
+  `reset` do nothing and `resume_from` reads the rows without trimming the file.
   """
 
   def __init__(self, workdir: str, filename: str = "metrics.jsonl"):
-    os.makedirs(workdir, exist_ok=True)
+    self.writer = multihost.is_primary()
+    if self.writer:
+      os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, filename)
 
   def resume_from(self, step: int) -> list[dict]:
@@ -202,6 +215,8 @@ class MetricsLogger:
       return []
     rows, torn = _parse_jsonl(self.path)
     kept = [r for r in rows if r.get("step", -1) <= step]
+    if not self.writer:  # process 0 trims the file (atomically) while this one reads
+      return kept
     if torn:
       log.warning("%s: dropped a torn last line (a write interrupted by a kill or a full "
                   "disk); the run resumes from step %d", self.path, step)
@@ -221,10 +236,12 @@ class MetricsLogger:
 
   def reset(self) -> None:
     """Starts the file afresh (atomically empty)."""
-    if os.path.exists(self.path):
+    if self.writer and os.path.exists(self.path):
       atomic_write(self.path, b"")
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.writer:
+      return
     row = {"step": int(step), **to_python(dict(metrics))}
     raw = (json.dumps(row) + "\n").encode()
     with open(self.path, "ab") as f:
@@ -244,6 +261,9 @@ def save_figure(fig, workdir: str, name: str) -> str:
   import matplotlib.pyplot as plt
 
   path = os.path.join(workdir, "plots", name if name.endswith(".png") else name + ".png")
+  if not multihost.is_primary():
+    plt.close(fig)
+    return path
   try:
     atomic_write(path, b"", writer=lambda f: fig.savefig(f, format="png", dpi=110,
                                                          bbox_inches="tight"))

@@ -7,6 +7,14 @@ its holder dies, so a lock left by a killed run (a dead pid in the file) is
 simply taken over. The lock is re-entrant within one process (a study locks
 its workdir and the train loop locks its sub-workdirs or the same one).
 
+A multi-process run (`jaxlab.train.multihost`) writes one workdir from all its
+processes: process 0 locks `.lock` (so a second run, of one process or many,
+stops at once), process N > 0 locks its own `.lock.N` (so a process left over
+from an earlier run of the same workdir stops the new one instead of writing
+beside it), and the processes agree before the block starts: if any one of
+them cannot lock, every one raises that WorkdirBusyError. Only process 0
+writes config.json and config_changes.jsonl.
+
 `check_config(workdir, config)` compares a run's config with the one recorded
 in `workdir/config.json` and refuses a different one, listing the changed keys
 with their old and new values; keys whose last part is in `VOLATILE_KEYS`
@@ -24,7 +32,7 @@ import os
 import socket
 from typing import Any, Iterator, Mapping
 
-from jaxlab.train import io
+from jaxlab.train import io, multihost
 from jaxlab.train.errors import ConfigChangedError, WorkdirBusyError, WorkdirError
 
 LOCK_NAME = ".lock"
@@ -67,19 +75,8 @@ def check_layout(workdir: str) -> None:
                          "another workdir")
 
 
-@contextlib.contextmanager
-def lock(workdir: str) -> Iterator[str]:
-  """Holds `workdir`'s lock for the `with` block (creating the directory)."""
-  ensure_dir(workdir)
-  key = os.path.realpath(workdir)
-  if key in _held:
-    _held[key][1] += 1
-    try:
-      yield workdir
-    finally:
-      _held[key][1] -= 1
-    return
-  path = os.path.join(workdir, LOCK_NAME)
+def _acquire(workdir: str, path: str) -> int:
+  """An open fd holding the flock of `path`, or WorkdirBusyError/WorkdirError."""
   try:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
@@ -96,6 +93,34 @@ def lock(workdir: str) -> Iterator[str]:
     raise WorkdirError(f"cannot lock {path!r}: {e.strerror}") from None
   os.ftruncate(fd, 0)
   os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+  return fd
+
+
+@contextlib.contextmanager
+def lock(workdir: str) -> Iterator[str]:
+  """Holds `workdir`'s lock for the `with` block (creating the directory)."""
+  key = os.path.realpath(workdir)
+  if key in _held:
+    _held[key][1] += 1
+    try:
+      yield workdir
+    finally:
+      _held[key][1] -= 1
+    return
+  index = multihost.process_index()
+  name = LOCK_NAME if index == 0 else f"{LOCK_NAME}.{index}"
+  fd, error = None, None
+  try:
+    ensure_dir(workdir)
+    fd = _acquire(workdir, os.path.join(workdir, name))
+  except WorkdirError as e:
+    error = e
+  try:
+    multihost.agree(error)  # one process: raises `error`; several: all raise, or none
+  except BaseException:
+    if fd is not None:
+      os.close(fd)
+    raise
   _held[key] = [fd, 1]
   try:
     yield workdir

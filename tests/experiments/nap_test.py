@@ -76,8 +76,14 @@ def test_bad_config_raises_before_compile(tmp_path, compiles, spec, overrides, m
 
 
 @pytest.mark.repro
-def test_plasticity_quick_repro(tmp_path):
-  s = run.run(f"{PLAST}:quick", str(tmp_path))
+def test_plasticity_quick_repro(tmp_path, repro_seed):
+  """Lyle et al.'s plasticity claims; init, labels, batches and the data set from --repro-seed.
+
+  Measured pass rate: seed 0 only (1 of 1, the README's numbers); --repro-seed 1-4 not yet
+  measured (about 5 min of CPU each).
+  """
+  s = run.run(f"{PLAST}:quick", str(tmp_path),
+              overrides={"seed": repro_seed, "data.data_seed": 42 + repro_seed})
   a, c = s["arms"], s["checks"]
   # The plain MLP loses plasticity: each of its last three tasks ends ≥ 10 points below its first.
   plain = a["plain"]["end_of_task_train_accuracy"]
@@ -103,12 +109,27 @@ def test_plasticity_quick_repro(tmp_path):
 
 
 @pytest.mark.repro
-def test_stationary_quick_repro(tmp_path):
-  # Adam at 1e-2: the baseline's hidden norms grow ×1.5 / ×2.4, so its implicit decay is real.
-  # One seed's test accuracy moves by ~1.5 points from seed to seed (1,000 test inputs), so the
-  # 1-point criterion is asserted on the mean over the quick config's 3 paired seeds.
-  s = run.run(f"{STAT}:quick", str(tmp_path))
-  assert len(s["seeds"]) == 3
+def test_stationary_quick_repro(tmp_path, repro_seed):
+  """Lyle et al.: NaP with the explicit schedule matches the baseline; at a constant rate it does not.
+
+  The quick config averages 10 paired seeds (--repro-seed … --repro-seed + 9: init and batches;
+  the data set is the package's standard MNIST-1D, data seed 42, for every repro seed, so that
+  one 14-seed run measured every window). One seed's test accuracy moves by ~1.5 points and a
+  paired difference has sd 1.1-1.6 points, so 3 seeds (the old quick setting) could not
+  resolve a 1-point gap; 10 give a standard error of 0.3-0.5. Measured over --repro-seed 0-4
+  (windows of seeds 0-13): every assertion passes on 5 of 5; about 3 min of CPU per run.
+  """
+  s = run.run(f"{STAT}:quick", str(tmp_path), overrides={"seed": repro_seed})
+  assert len(s["seeds"]) == 10
+  # The explicit schedule replays the baseline's implicit decay: within 1 point of the
+  # baseline's test accuracy (windows: +0.08 / +0.33 / +0.10 / +0.33 / +0.34 points).
   assert abs(s["nap_schedule_minus_baseline_test_points"]) <= 1.0
+  # Without it (NaP at the constant rate) test accuracy is lower than with it, paired per seed:
+  # +1.12 / +1.26 / +1.06 / +0.85 / +1.07 points (14 seeds: +1.11 ± 0.35 standard error).
+  sched = np.array(s["nap_schedule_minus_baseline_test_points_per_seed"])
+  const = np.array(s["nap_minus_baseline_test_points_per_seed"])
+  assert np.mean(sched - const) > 0.4, (sched, const)
+  # ... and it underfits the training set (mean train accuracy 0.95 over 14 seeds vs 1.00).
+  assert s["arms"]["nap"]["train_accuracy"] < 0.99 <= s["arms"]["nap_schedule"]["train_accuracy"]
   assert min(s["baseline_norm_growth"].values()) > 1.2  # the decay the schedule replays
   assert s["arms"]["baseline"]["test_accuracy"] > 0.65  # the MLP learned MNIST-1D

@@ -113,7 +113,7 @@ def main(config, workdir: str) -> dict:
     curves[lr] = (s_steps, sharp, l_steps, loss)
   ratios = [a["median_sharpness_ratio_last_half"] for a in summary["arms"].values()]
   summary["median_ratios"] = ratios
-  summary["all_ratios_in_0.8_1.3"] = bool(all(0.8 <= r <= 1.3 for r in ratios))
+  summary["all_ratios_in_0.95_1.05"] = bool(all(0.95 <= r <= 1.05 for r in ratios))
   summary["wall_time_s"] = time.time() - start
   io.write_json(os.path.join(workdir, "summary.json"), summary)
   plot(curves, workdir)

@@ -21,6 +21,11 @@ Expected (measured, seed 0; quick: 2×64 ReLU MLP, 1,000 training points, SGD
   Width sweep (C = 10, widths 32/64/128/256): 9 outliers at every width; the
   bulk edge falls 0.171 → 0.145 → 0.120 → 0.104 (×0.61 over 8×) while the
   mean outlier stays 0.73 / 0.66 / 0.74 / 0.77 (×1.05).
+  Seeds 1 and 2 (init and batch seed, mixture data seed = seed, MNIST-1D data
+  seed 42 + seed; about 80 s of CPU each): mixtures 1 / 4 / 9 outliers again
+  (gaps ×4.8 / ×2.5 / ×2.3 and ×4.9 / ×1.9 / ×2.5), 9 at every width, bulk
+  edge ×0.64 and ×0.56, mean outlier ×1.04 and ×0.84; MNIST-1D 10 and 1
+  (gaps ×1.36, ×1.47): its count is not a stable quantity at this scale.
   full (2×256, 4,000 points, Hessian on all 4,000, 80 Lanczos steps, 3,000
   SGD steps, widths 64-512; 3 min 8 s wall, 4 min 50 s of CPU time, beside
   another job): mixture C = 2 → 1, C = 5 → 4, C = 10 → 9 outliers (C − 1,

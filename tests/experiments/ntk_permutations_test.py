@@ -35,8 +35,13 @@ def test_bad_config_is_rejected_before_running(tmp_path):
 
 
 @pytest.mark.repro
-def test_quick_study_reproduces_exact_learning(tmp_path):
-  s = launcher.run(CONFIG + ":quick", str(tmp_path))
+def test_quick_study_reproduces_exact_learning(tmp_path, repro_seed):
+  """The ensemble-size bound's claims; tasks, GP samples and nets from --repro-seed.
+
+  Measured pass rate: seed 0 only (1 of 1, the README's numbers); --repro-seed 1-4 not yet
+  measured (about 2 min of CPU each).
+  """
+  s = launcher.run(CONFIG + ":quick", str(tmp_path), overrides={"seed": repro_seed})
   # Paper's claim: the ensemble size from the bound recovers all 2^k - 1 outputs for
   # k <= 8 in >= 95% of trials (1000 trials each); a single network does not.
   assert s["min_success_all_at_bound_small_k"] >= 0.95, s["table"]

@@ -11,8 +11,10 @@ import numpy as np
 
 from jaxlab.spectral import operators as ops
 from jaxlab.spectral.lanczos import (
-  _dots,
+  _HI,
+  _ksum,
   check_iters,
+  from_chunks,
   once_jit,
   resolve_dtype,
   run_lanczos,
@@ -147,7 +149,7 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     betas = np.asarray(c.betas, np.float64)[:m]
   theta, U = np.linalg.eigh(tridiagonal(alphas, betas[:-1]))
   idx = _select(theta, k, which)
-  Uk = np.zeros((k, V.shape[0]))  # zero weights on the unused rows (and on v_{m+1})
+  Uk = np.zeros((k, V.shape[1]))  # zero weights on the unused rows (and on v_{m+1})
   Uk[:, :m] = U[:, idx].T
   product = tree_product(matvec)
   with ops.x64_scope(dt):
@@ -187,9 +189,9 @@ def _converged(c, j: int, k: int, which: str, tol: float) -> bool:
 @functools.partial(once_jit, static_argnames=("spec",))
 def _ritz_vectors(Uk, V, spec):
   """Unit Ritz vectors ``U_kᵀ V`` as pytrees: stacked (leading axis k), and one per row
-  (for the residual products), both in the params' dtypes."""
-  Y = jnp.dot(Uk, V, precision=jax.lax.Precision.HIGHEST)
-  Y = Y / jnp.sqrt(_dots(Y, Y))[:, None]
+  (for the residual products), both in the params' dtypes. V is chunk-major (K, rows, C)."""
+  Y = jnp.einsum("ir,krc->kic", Uk, V, precision=_HI)
+  Y = from_chunks(Y / jnp.sqrt(_ksum(jnp.sum(Y * Y, axis=-1)))[None, :, None], spec.size)
   ys = tuple(ops.unravel(Y[i], spec) for i in range(Y.shape[0]))
   return jax.tree.map(lambda *a: jnp.stack(a), *ys), ys
 

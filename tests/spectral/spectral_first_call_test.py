@@ -1,6 +1,7 @@
 """top_eigenpairs' compiled pieces: shared across nearby num_iters; early stop at a tolerance."""
 
 import functools
+import sys
 
 import jax
 import numpy as np
@@ -109,3 +110,24 @@ def test_bad_tol_raises():
   for tol in (0.0, -1e-3, float("nan")):
     with pytest.raises(ValueError, match="tol is"):
       eigen.top_eigenpairs(mv, params, 1, jax.random.key(0), tol=tol)
+
+
+def test_large_basis_grows_by_buckets_with_the_same_recurrence(monkeypatch):
+  """A basis above the size threshold is driven from Python and grows 8 -> 16 -> 32 -> 64;
+  the recurrence is the fused run's, step for step (other buckets: float32 rounding)."""
+  mod = sys.modules["jaxlab.spectral.lanczos"]
+  rng = np.random.default_rng(0)
+  lam = np.concatenate([[10.0, 8.0, 6.0], rng.uniform(0.0, 1.0, 997)]).astype(np.float32)
+  d = jax.numpy.asarray(lam)
+  x = jax.numpy.zeros(lam.size, np.float32)
+  fused = lanczos(lambda v: d * v, x, 40, jax.random.key(0), return_basis=True)
+  sizes = []
+  grow = mod._grow
+  monkeypatch.setattr(mod, "_grow", lambda V, c, rows: (sizes.append(rows), grow(V, c, rows))[1])
+  monkeypatch.setattr(mod, "_GROW_BYTES", 1)
+  grown = lanczos(lambda v: d * v, x, 40, jax.random.key(0), return_basis=True)
+  assert sizes == [16, 32, 64], sizes
+  np.testing.assert_allclose(grown.alphas, fused.alphas, rtol=1e-5)
+  np.testing.assert_allclose(grown.betas, fused.betas, rtol=1e-4)
+  G = np.asarray(grown.basis, np.float64)
+  assert np.abs(G @ G.T - np.eye(40)).max() <= 1e-6

@@ -24,6 +24,7 @@ from jaxlab import train  # noqa: E402
 from jaxlab.icl import analysis, evaluation, tasks, training  # noqa: E402
 from jaxlab.models.transformer import ICLTransformer  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 ARMS = ("noiseless", "noisy", "ill_conditioned")
 
@@ -77,6 +78,7 @@ def validate(config) -> None:
   recipes.check_optimizer_config(config.optimizer)
   checks.warmup_below(config, "optimizer.warmup_steps", *(f"arms.{a}" for a in ARMS))
   checks.divisible_by_devices(config, "train.batch_size")
+  mesh_lib.check_config(config)
   checks.choice(config, "arms_init", ("scratch", "noiseless"))
   if config.arms_init == "noiseless" and not config.arms.noiseless \
       and (config.arms.noisy or config.arms.ill_conditioned):
@@ -126,7 +128,7 @@ def train_arm(config, arm: str, workdir: str, init_params=None):
       training.regression_loss(model.apply), params, tx, batches, num_steps=steps,
       key=k_train, workdir=workdir, log_every=config.train.log_every_steps,
       checkpoint_every=config.train.checkpoint_every_steps, lr_schedule=schedule,
-      progress=config.train.progress, desc=f"icl_linreg/{arm}")
+      progress=config.train.progress, desc=f"icl_linreg/{arm}", mesh=mesh_lib.from_config(config))
   return model, result.state.params, result.history, time.time() - start
 
 

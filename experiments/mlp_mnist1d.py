@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxlab import data, models, train  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 
 def validate(config) -> None:
@@ -27,6 +28,7 @@ def validate(config) -> None:
   checks.mnist1d_samples(config, "data", "train.batch_size")
   checks.warmup_below(config, "optimizer.warmup_steps", "train.num_steps")
   checks.divisible_by_devices(config, "train.batch_size")
+  mesh_lib.check_config(config)
   nan_step = config.train.inject_nan_at_step
   if nan_step != -1 and nan_step < 1:
     raise ValueError(f"config key 'train.inject_nan_at_step': {nan_step!r}; allowed: -1 (off) or "
@@ -63,7 +65,7 @@ def main(config, workdir: str) -> dict:
       eval_fn=lambda p: {**test_eval(p), **train_eval(p)},
       checkpoint_every=config.train.checkpoint_every_steps, lr_schedule=schedule,
       progress=config.train.progress, inject_nan_at_step=nan_step if nan_step >= 0 else None,
-      desc="mlp_mnist1d")
+      desc="mlp_mnist1d", mesh=mesh_lib.from_config(config))
   final = {k: float(v) for k, v in {**test_eval(result.state.params),
                                      **train_eval(result.state.params)}.items()}
   evals = [r for r in result.history if "test_accuracy" in r]

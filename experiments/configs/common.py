@@ -56,3 +56,14 @@ def base_config(study: str, *, seed: int = 0, quick: bool = False) -> ml_collect
   c.seed = seed
   c.quick = quick
   return c
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  """The device mesh of a study that trains through `jaxlab.train.train`.
+
+  `mesh.data × mesh.fsdp` = the device count; `mesh.data = -1` takes the
+  device count divided by `mesh.fsdp`. `mesh.fsdp = 1` (default): every device
+  on "data", state replicated; `mesh.fsdp = N`: parameters and optimizer state
+  sharded N ways (FSDP, see `jaxlab.train.mesh`).
+  """
+  return ml_collections.ConfigDict({"data": -1, "fsdp": 1})

@@ -74,6 +74,7 @@ def get_config(arg=None):
   c.arms_init = "scratch"
   c.train = dict(batch_size=64, clip_norm=0.0, log_every_steps=500,
                  checkpoint_every_steps=10_000, progress=True)
+  c.mesh = common.mesh_config()
   c.eval = dict(num_prompts=1000, probe_prompts=2000, newton_steps=tuple(range(13)),
                 gd_steps=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
                 weight_contexts=(5, 10, 20, 30), weight_prompts=64, knn_k=3)

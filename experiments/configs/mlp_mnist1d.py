@@ -26,6 +26,7 @@ def get_config(arg=None):
   c.optimizer = dict(name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=0)
   c.train = dict(num_steps=8000, batch_size=128, log_every_steps=100, eval_every_steps=500,
                  checkpoint_every_steps=1000, inject_nan_at_step=-1, progress=True)
+  c.mesh = common.mesh_config()
   if opts.quick:
     c.train.num_steps = 1500
     c.train.eval_every_steps = 250

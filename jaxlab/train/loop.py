@@ -15,6 +15,7 @@ import tqdm
 
 from jaxlab.models import contract
 from jaxlab.train import io, sharding
+from jaxlab.train import mesh as mesh_lib
 from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.checkpoint import Checkpointer
 from jaxlab.train.step import LossFn, TrainState, init_state, make_train_step
@@ -87,7 +88,7 @@ def _apply_state_hook(hook, step: int, state: TrainState, mesh) -> tuple[Mapping
       raise ValueError(f"hook {hook!r} changed a state leaf from {jnp.shape(a)} "
                        f"{jnp.result_type(a)} to {jnp.shape(b)} {jnp.result_type(b)}; allowed: "
                        "the same shape and dtype (the compiled step is reused)")
-  return metrics, sharding.put_replicated(new, mesh)
+  return metrics, mesh_lib.put_state(new, mesh)
 
 
 def _start_hooks(hooks, state, mesh, logger, history) -> TrainState:
@@ -153,7 +154,9 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
     lr_schedule: the schedule inside `tx`, to log `learning_rate`.
     progress: show a tqdm progress bar.
     inject_nan_at_step: test hook — the loss of step k becomes NaN.
-    mesh: device mesh (default: all devices on one "data" axis).
+    mesh: device mesh (default: all devices on one "data" axis); a 2-D
+      (`data`, `fsdp`) mesh from `jaxlab.train.mesh` shards the parameters and
+      optimizer state over `fsdp` (FSDP) and the batch over both axes.
     desc: the progress bar's label.
     model_state: the model's initial carried state (flax collections such as
       `batch_stats`, or the non-Param part of an nnx module): passed to the
@@ -198,7 +201,7 @@ def train(loss_fn: LossFn, params: Any, tx: optax.GradientTransformation,
     # model state (and any optimizer state aliasing them) survive. device_put
     # alone may alias a shard.
     state = jax.tree.map(jnp.copy, init_state(params, tx, key, model_state))
-    state = sharding.put_replicated(state, mesh)
+    state = mesh_lib.put_state(state, mesh)
     logger = io.MetricsLogger(workdir) if workdir else None
     ckpt = None
     if checkpoint_every:
@@ -230,7 +233,8 @@ def _loop(state, loss_fn, tx, batch_fn, logger, ckpt, *, num_steps, log_every, e
   if start == 0 and any(getattr(h, "at_start", False) for h in hooks):
     state = _start_hooks(hooks, state, mesh, logger, history)
 
-  step_fn = _train_step(loss_fn, tx, lr_schedule, inject_nan_at_step)
+  step_fn = mesh_lib.pin_step(_train_step(loss_fn, tx, lr_schedule, inject_nan_at_step),
+                              state, mesh)
   last_saved = start if ckpt is not None and start else None
   pending: list[dict] = []
   # Several CPU "devices" share one host thread pool; with more than one

@@ -48,7 +48,10 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  """Leading dimension split over "data" (over every axis of a 2-D mesh, e.g. data × fsdp)."""
+  if tuple(mesh.axis_names) == (DATA_AXIS,):
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
 
 
 def needs_serial_steps(mesh: Mesh) -> bool:

@@ -128,7 +128,8 @@ def train_arm(config, arm: str, workdir: str, init_params=None):
       training.regression_loss(model.apply), params, tx, batches, num_steps=steps,
       key=k_train, workdir=workdir, log_every=config.train.log_every_steps,
       checkpoint_every=config.train.checkpoint_every_steps, lr_schedule=schedule,
-      progress=config.train.progress, desc=f"icl_linreg/{arm}", mesh=mesh_lib.from_config(config))
+      progress=config.train.progress, desc=f"icl_linreg/{arm}",
+      mesh=mesh_lib.from_config(config))
   return model, result.state.params, result.history, time.time() - start
 
 

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxlab import data, models, nap, optim, train  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 ARMS = ("plain", "norm", "nap", "wd")
 NORMALIZED = {"plain": False, "norm": True, "nap": True, "wd": False}
@@ -62,6 +63,7 @@ def validate(config) -> None:
     raise ValueError(f"config key 'train.batch_size': {config.train.batch_size}; allowed: ≤ "
                      f"data.num_train={config.data.num_train}")
   checks.divisible_by_devices(config, "train.batch_size")
+  mesh_lib.check_config(config)
 
 
 def param_shapes(config) -> dict:
@@ -123,7 +125,8 @@ def run_arm(config, arm: str, num_tasks: int, learning_rate: float, workdir: str
                        num_steps=seq.num_steps, key=key_train, workdir=workdir,
                        log_every=config.train.log_every_steps,
                        checkpoint_every=config.train.checkpoint_every_steps, hooks=hooks,
-                       progress=config.train.progress, desc=f"nap_plasticity/{arm}")
+                       progress=config.train.progress, desc=f"nap_plasticity/{arm}",
+                       mesh=mesh_lib.from_config(config))
   return summarize_arm(result.history, params, seq, learning_rate, config.diagnostics.elr_power,
                        time.time() - start)
 

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxlab import data, models, nap, optim, train  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 ARMS = ("baseline", "nap", "nap_schedule")
 
@@ -45,6 +46,7 @@ def validate(config) -> None:
   checks.positive(config, "train.checkpoint_every_steps", allow_zero=True)
   checks.mnist1d_samples(config, "data", "train.batch_size")
   checks.divisible_by_devices(config, "train.batch_size")
+  mesh_lib.check_config(config)
 
 
 def param_shapes(config) -> dict:
@@ -77,7 +79,7 @@ def run_arm(config, arm, ds, schedule, scale, workdir, seed):
       eval_fn=lambda p: {**test_eval(p), **train_eval(p)},
       checkpoint_every=config.train.checkpoint_every_steps, hooks=(hook,),
       lr_schedule=schedule if callable(schedule) else None, progress=config.train.progress,
-      desc=f"nap_stationary/{arm}")
+      desc=f"nap_stationary/{arm}", mesh=mesh_lib.from_config(config))
   final = {k: float(v) for k, v in {**test_eval(result.state.params),
                                      **train_eval(result.state.params)}.items()}
   return params, result.history, {**final, "wall_time_s": time.time() - start}

@@ -52,6 +52,7 @@ def get_config(arg=None):
   c.diagnostics = dict(elr_power=2.0)
   c.train = dict(batch_size=128, log_every_steps=100, eval_every_steps=100,
                  checkpoint_every_steps=1500, progress=False)
+  c.mesh = common.mesh_config()
   if opts.quick:
     c.tasks.num_tasks = 10
     c.long_horizon.num_tasks = 10

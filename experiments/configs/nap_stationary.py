@@ -52,6 +52,7 @@ def get_config(arg=None):
   c.num_seeds = 5
   c.train = dict(num_steps=6000, batch_size=128, log_every_steps=100, eval_every_steps=100,
                  checkpoint_every_steps=1000, progress=False)
+  c.mesh = common.mesh_config()
   if opts.quick:
     c.num_seeds = 10
     c.train.num_steps = 2000

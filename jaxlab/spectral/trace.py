@@ -17,7 +17,9 @@ _HI = jax.lax.Precision.HIGHEST
 
 
 class TraceEstimate(NamedTuple):
-  """Output of :func:`trace`: estimate, standard error, matvecs used, per-sample terms."""
+  """Output of :func:`trace`: estimate, standard error, per-sample terms, and
+  ``num_matvecs``, the products of the operator actually applied (counted as
+  they are made: one per row sent through the matvec)."""
 
   estimate: float
   stderr: float
@@ -83,9 +85,23 @@ class _Runner:
 
   def __init__(self, matvec, spec, dtype, block):
     self.host = bool(getattr(matvec, "host_loop", False))
-    self.mv = matvec if self.host else as_partial(matvec)
+    self.mv = self._counted(matvec) if self.host else as_partial(matvec)
     self.spec, self.dt, self.block = spec, np.dtype(dtype), block
     self.none = jnp.zeros((0, spec.size), dtype)
+    self.count = 0  # products applied so far
+
+  def _counted(self, matvec):
+    """The host-loop operator, counting each call (one product each)."""
+    def mv(v):
+      self.count += 1
+      return matvec(v)
+
+    mv.host_loop = True
+    return mv
+
+  def _vmapped(self, rows: int) -> None:
+    """A jitted vmapped block applies the matvec to each of its rows once."""
+    self.count += rows
 
   def quad(self, key, count, Q=None):
     Q = self.none if Q is None else Q
@@ -96,6 +112,7 @@ class _Runner:
         out.append(jnp.sum(G * apply_rows(self.mv, G, self.spec), axis=1))
       else:
         out.append(_quad_block(self.mv, key, s, Q, self.spec, b, self.dt))
+        self._vmapped(b)
     return np.asarray(jnp.concatenate(out), np.float64)
 
   def sketch(self, key, count):
@@ -106,6 +123,7 @@ class _Runner:
         out.append(apply_rows(self.mv, S, self.spec))
       else:
         out.append(_sketch_block(self.mv, key, s, self.spec, b, self.dt))
+        self._vmapped(b)
     return jnp.concatenate(out)
 
   def quad_rows(self, X):
@@ -116,6 +134,7 @@ class _Runner:
         out.append(jnp.sum(Xb * apply_rows(self.mv, Xb, self.spec), axis=1))
       else:
         out.append(_quad_rows(self.mv, X, s, self.spec, b))
+        self._vmapped(b)
     return np.asarray(jnp.concatenate(out), np.float64)
 
 
@@ -198,4 +217,4 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
       s = run.quad(k_g, m - 2 * k, Q)
   est = base + float(np.mean(s))
   se = float(np.std(s, ddof=1) / np.sqrt(s.size)) if s.size > 1 else float("nan")
-  return TraceEstimate(est, se, m, s)
+  return TraceEstimate(est, se, run.count, s)

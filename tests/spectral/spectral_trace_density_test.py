@@ -33,42 +33,119 @@ def _outlier_matrix(n=300, num_out=20, seed=0):
   return (R * lam) @ R.T
 
 
+class _Counted:
+  """A host-loop operator that counts the products it is asked for."""
+
+  host_loop = True
+
+  def __init__(self, mv):
+    self.mv, self.calls = mv, 0
+
+  def __call__(self, v):
+    self.calls += 1
+    return self.mv(v)
+
+
 def test_trace_within_three_standard_errors_of_exact_mlp_hessian():
   params, batch, H = _mlp64()
   exact = np.trace(H)
   with jax.enable_x64(True):
-    mv = ops.hessian_vp(sm.mlp_loss, params, batch)
     for method in ("hutchinson", "hutch++"):
-      est = trace(mv, params, 60, jax.random.key(0), method=method)
-      z = (est.estimate - exact) / est.stderr
-      print(method, est.estimate, exact, est.stderr, z)
-      assert est.num_matvecs == 60
-      assert abs(z) <= 3.0
+      for m in (60, 61):  # 61: Hutch++ spends 20 + 20 + 21
+        mv = _Counted(ops.hessian_vp(sm.mlp_loss, params, [batch]))
+        est = trace(mv, params, m, jax.random.key(0), method=method)
+        z = (est.estimate - exact) / est.stderr
+        print(method, m, est.estimate, exact, est.stderr, z, mv.calls)
+        # num_matvecs is the count of products made, and the budget is spent exactly
+        assert est.num_matvecs == mv.calls == m, (est.num_matvecs, mv.calls)
+        assert abs(z) <= 3.0
 
 
-def test_hutchpp_beats_hutchinson_on_outlier_spectrum_and_stderr_is_calibrated():
+def test_num_matvecs_counts_vmapped_blocks():
+  """A plain (jittable) matvec runs in vmapped blocks; each block row is one product."""
+  A = _outlier_matrix(n=60, num_out=5)
+  with jax.enable_x64(True):
+    Aj = jnp.asarray(A)
+    for method, m, block in (("hutchinson", 25, 4), ("hutch++", 31, 4), ("hutch++", 30, 1)):
+      est = trace(lambda v: Aj @ v, jnp.zeros(60), m, jax.random.key(0), method=method,
+                  block_size=block)
+      assert est.num_matvecs == m, (method, m, block, est.num_matvecs)
+      assert est.samples.size == (m if method == "hutchinson" else m - 2 * (m // 3))
+
+
+def _hutchinson_rms(A, m):
+  """Closed-form RMS error of Hutchinson with m Rademacher probes: var = 2(‖A‖_F² − Σ a_ii²)/m."""
+  return np.sqrt(2 * (np.sum(A * A) - np.sum(np.diag(A) ** 2)) / m)
+
+
+def _hutchpp_rms(A, m, draws=200, seed=5):
+  """RMS error of Hutch++ (k = m // 3 sketch columns, g = m − 2k probes), from its variance
+  conditional on Q = orth(A S), 2(‖PAP‖_F² − Σ (PAP)_ii²)/g, averaged over draws of S."""
+  rng = np.random.default_rng(seed)
+  k = m // 3
+  g = m - 2 * k
+  n = A.shape[0]
+  var = []
+  for _ in range(draws):
+    Q = np.linalg.qr(A @ rng.choice([-1.0, 1.0], (n, k)))[0]
+    P = np.eye(n) - Q @ Q.T
+    B = P @ A @ P
+    var.append(2 * (np.sum(B * B) - np.sum(np.diag(B) ** 2)) / g)
+  return np.sqrt(np.mean(var))
+
+
+@functools.lru_cache(maxsize=None)
+def _outlier_runs(seeds=100, m=60):
+  """(A, errors, z-scores) of both methods over `seeds` keys on the outlier matrix."""
   A = _outlier_matrix()
   exact = np.trace(A)
+  errs = {"hutchinson": [], "hutch++": []}
+  zs = {"hutchinson": [], "hutch++": []}
   with jax.enable_x64(True):
     Aj = jnp.asarray(A)
     mv = lambda v: Aj @ v
     like = jnp.zeros(A.shape[0])
-    errs = {"hutchinson": [], "hutch++": []}
-    zs = {"hutchinson": [], "hutch++": []}
-    for seed in range(20):
+    for seed in range(seeds):
       for method in errs:
-        est = trace(mv, like, 60, jax.random.key(seed), method=method)
+        est = trace(mv, like, m, jax.random.key(seed), method=method)
         errs[method].append(est.estimate - exact)
         zs[method].append((est.estimate - exact) / est.stderr)
+  return A, {k: np.array(v) for k, v in errs.items()}, {k: np.array(v) for k, v in zs.items()}
+
+
+def test_hutchpp_beats_hutchinson_on_outlier_spectrum():
+  """Hutch++'s variance argument (Meyer et al. 2021, §2): with Q spanning the 20 outliers,
+  only the bulk's ‖PAP‖_F² remains, estimated with m/3 probes, against Hutchinson's
+  ‖A‖_F² with m. Here the closed forms give RMS 37.8 (Hutchinson) and 6.7 (Hutch++), a
+  ratio of 5.6; 400 seeds measured 36.5 / 6.95 (5.25). An RMS over N seeds has a spread
+  of log-ratio ≈ 0.27 at N = 20 (where the former ratio bound 5, later 4, sat 0.2–1σ
+  below the mean) and ≈ 0.14 at N = 100 (measured over disjoint groups of the 400)."""
+  A, errs, _ = _outlier_runs()
   rms = {m: float(np.sqrt(np.mean(np.square(e)))) for m, e in errs.items()}
-  print("rms error at 60 matvecs", rms, "trace", exact)
-  # 20 outliers are captured by Q (k = 20 columns): the remaining variance is the bulk's.
-  # Expected ratio ~6.4 (a NumPy Hutch++ over 300 seeds: RMS 7.0 vs Hutchinson's ~45); an
-  # RMS over 20 seeds fluctuates by ~20%, and plain Hutchinson would give a ratio ~1.
-  assert rms["hutch++"] < rms["hutchinson"] / 4
+  theory = {"hutchinson": _hutchinson_rms(A, 60), "hutch++": _hutchpp_rms(A, 60)}
+  print("rms error at 60 matvecs", rms, "closed form", theory)
+  # ratio ≥ 3.5: 3σ (0.43 in log) below the measured 5.25; plain Hutchinson (ratio 1) or
+  # a Q that misses the outliers (ratio < 1) fail it by far
+  assert rms["hutch++"] < rms["hutchinson"] / 3.5
+  # each method's RMS matches its closed form within ±40% (≥ 3σ of the 100-seed spread)
+  for m in rms:
+    assert 0.7 <= rms[m] / theory[m] <= 1.4, (m, rms[m], theory[m])
+
+
+def test_trace_stderr_is_calibrated_two_sided():
+  """Over 100 seeds, a calibrated standard error covers the exact trace within ±1 stderr
+  about 68% of the time (t with 19–59 degrees of freedom: 67–68%). A coverage fraction
+  of 100 draws has a spread of 0.047, so [0.54, 0.82] is 3σ either side. A standard
+  error inflated 2x covers ~95% and one deflated 2x ~38%: both fail (1.5x: 87% / 50%).
+  Coverage, not the RMS of z: Hutch++'s 20 deflated samples make z heavy-tailed (RMS z
+  1.19 over 400 seeds, 1.32 over these 100), and a few small stderrs dominate an RMS."""
+  _, _, zs = _outlier_runs()
   for m, z in zs.items():
-    # a calibrated standard error puts ~99.7% of |z| under 3; allow 2 of 20 outside
-    assert np.mean(np.abs(z) <= 3) >= 0.9, (m, z)
+    cover = float(np.mean(np.abs(z) <= 1.0))
+    print(m, "coverage of ±1 stderr", cover, "of ±2", float(np.mean(np.abs(z) <= 2.0)))
+    assert 0.54 <= cover <= 0.82, (m, cover)
+    # and no bias: the median z of 100 unbiased draws is within ±0.4 of 0 (3.2σ)
+    assert abs(np.median(z)) <= 0.4, (m, np.median(z))
 
 
 def test_trace_bad_inputs():

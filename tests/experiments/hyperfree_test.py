@@ -83,3 +83,28 @@ def test_tiny_end_to_end_and_resume(tmp_path):
   again = run.run(f"{CONFIG}:tiny", str(tmp_path))
   assert again["steps_to_target"] == summary["steps_to_target"]
   assert again["algoperf_score"] == summary["algoperf_score"]
+
+
+@pytest.mark.repro
+def test_quick_repro_few_self_tuning_learners_come_close(tmp_path, repro_seed):
+  """Kasimbeg et al. 2025's headline at quick scale: with one fixed configuration, few
+  hyperparameter-free learners come close to a tuned baseline on every workload. Measured at
+  seeds 0 / 1 / 2 (3 workloads, target 95% of the tuned sweep's gain): of the 7 self-tuning
+  learners 2 / 1 / 1 reach every target within 2x the tuned steps (D-Adapt AdamW; Prodigy at
+  seed 0), 5 / 6 / 6 miss a target (DoG and DoWG every one), median score 0.31 / 0.26 / 0.24
+  vs tuned NAdamW 0.98 / 0.92 / 0.95. Asserted with margins: at most 3 close, at least 4
+  missing a target, median <= 0.5, tuned NAdamW >= 0.85. Learners secretly given tuned
+  rates, or a scoring that rewards everyone, fail these."""
+  s = run.run(f"{CONFIG}:quick", str(tmp_path), {"seed": repro_seed})
+  self_tuning = [lab for lab in s["algoperf_score"]
+                 if lab in hyperfree.LEARNERS and hyperfree.LEARNERS[lab][0] in
+                 ("prodigy", "dog", "dowg", "mechanic", "cocob", "dadapt_adamw",
+                  "schedule_free_adamw")]
+  assert len(self_tuning) == 7, self_tuning
+  close = [lab for lab in s["close_to_tuned"] if lab in self_tuning]
+  assert len(close) <= 3, close
+  missing = [lab for lab in self_tuning
+             if any(s["steps_to_target"][f"{lab}/{w}"] is None for w in hyperfree.WORKLOADS)]
+  assert len(missing) >= 4, missing
+  assert np.median([s["algoperf_score"][lab] for lab in self_tuning]) <= 0.5
+  assert s["algoperf_score"]["nadamw_tuned"] >= 0.85, s["algoperf_score"]

@@ -36,17 +36,20 @@ config trains every arm from scratch).
 
 Runtime and expected results:
   quick, 2-core CPU: 6,000 steps in all plus evaluation; measured 9 min 40 s
-    on the idle machine (~11.8 steps/s), 32 min on one at load 8-15, with the
-    same results. Measured (seed 0):
-    noiseless: max error / d over n >= d + 1 = 6 examples 0.053 (bar 0.1), >= 17.8x
+    on the idle machine (~11.8 steps/s) with earlier code; now 8.3 min of CPU,
+    23 min wall at load 15-20. Measured (seed 0, the repro test's numbers):
+    noiseless: max error / d over n >= d + 1 = 6 examples 0.058 (bar 0.1), >= 16.1x
       below averaging; closer to least squares than to 3-NN at every n; layer ->
-      Newton iterations 0, 0, 2, 7, 11, 13, 13 (Spearman 0.99); layer -> GD steps
-      0, 0, 2, 16, 64, 128, 128.
+      Newton iterations 0, 0, 2, 6, 10, 13, 13 (non-decreasing, Spearman 0.99);
+      layer -> GD steps 0, 0, 2, 8, 32, 64, 64.
     noisy (sigma = 0.1): tracks ridge (lambda = sigma^2) more closely than least
-      squares: mean squared prediction difference 0.020 vs 0.056.
-    ill_conditioned (kappa = 100): error / d 0.016 mean over n >= 6; plain GD needs
+      squares: mean squared prediction difference 0.025 vs 0.37 (0.020 vs
+      0.056 was measured before least squares was solved by SVD instead of
+      X^T X; which change moved it was not isolated).
+    ill_conditioned (kappa = 100): error / d 0.017 mean over n >= 6; plain GD needs
       128 steps and iterative Newton 14 iterations to match it at every n; layer ->
-      Newton iterations 0, 0, 3, 9, 12, 14, 14.
+      Newton iterations 0, 0, 3, 8, 12, 14, 14.
+    Other seeds not yet measured (the repro test's pass rate is 1 of 1).
   full, one GPU (not run here; expected from the papers): ~1 day on one A100 for
     500k steps per arm (Garg et al. report this scale); error / d within ~1e-2 of
     least squares for n >= 20 examples and near 0 once n > d (Garg et al. Fig.

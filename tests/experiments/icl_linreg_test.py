@@ -62,21 +62,41 @@ def test_full_config_is_garg_scale():
           c.task.curriculum_interval) == (5, 1, 11, 2, 2000)
 
 
+def _steps(v) -> float:
+  """`gd_steps_to_match_model` / `newton_steps_to_match_model`: an int, or "> N" (none matched)."""
+  return float("inf") if isinstance(v, str) else float(v)
+
+
 @pytest.mark.repro
-def test_quick_noiseless_reaches_the_bar(tmp_path):
-  """Acceptance at quick scale (noiseless arm only, <= 10 min on 2 cores)."""
+def test_quick_reproduces_every_arm(tmp_path, repro_seed):
+  """All three arms at quick scale (the `make run` config); prompts, init and eval from the seed.
+
+  Measured: passes on --repro-seed 0 (1 of 1; seeds 1-4 not yet measured: each is 8.3 min of
+  CPU, 23 min wall on the loaded 2-core machine). The quick config: 4,500 + 750 + 750 steps.
+  """
   wd = str(tmp_path / "quick")
-  s = run.run(CONFIG + ":quick", wd, overrides={
-      "arms.noisy": 0, "arms.ill_conditioned": 0, "train.progress": False})
+  s = run.run(CONFIG + ":quick", wd, overrides={"seed": repro_seed, "train.progress": False})
   head = s["noiseless"]
-  print(json.dumps(head, indent=1))
+  print(json.dumps({k: s[k] for k in ("noiseless", "noisy", "ill_conditioned")}, indent=1))
   d = s["dim"]
   with open(os.path.join(wd, "noiseless", "eval.json")) as fh:
     ev = json.load(fh)
+  # Garg et al.: noiseless error / d near least squares once n > d: ≤ 0.1 for n ≥ d + 1
+  # (measured 0.058), ≥ 10× below averaging (16.1×), and closer to least
+  # squares than to 3-NN at every n.
   err = ev["error"]["model"]
   assert max(err[d + 1:]) <= 0.1, err
   assert head["averaging_over_model_min_n_ge_d_plus_1"] >= 10.0
   assert head["closer_to_least_squares_than_knn_all_n"]
-  # Deeper layers match more Newton iterations: a monotone trend over the blocks.
-  assert head["layer_newton_spearman"] >= 0.8, head["layer_newton_steps"]
-  assert head["layer_newton_steps"][-1] > head["layer_newton_steps"][1]
+  # Fu et al.: deeper layers match more Newton iterations, monotonically (never fewer than the
+  # layer below, and more at the top than at the bottom): 0, 0, 2, 6, 10, 13, 13.
+  assert head["layer_newton_nondecreasing"], head["layer_newton_steps"]
+  # Akyürek et al.: with label noise σ the model tracks ridge (λ = σ²), the Bayes predictor,
+  # more closely than least squares: mean squared prediction difference 0.025 vs 0.37.
+  noisy = s["noisy"]
+  assert noisy["spd_model_ridge_mean"] < 0.5 * noisy["spd_model_least_squares_mean"], noisy
+  # Fu et al.: on ill-conditioned inputs (κ = 100) plain GD needs many more steps than
+  # iterative Newton needs iterations to match the model: 128 steps vs 14.
+  ill = s["ill_conditioned"]
+  gd, newton = _steps(ill["gd_steps_to_match_model"]), _steps(ill["newton_steps_to_match_model"])
+  assert newton < float("inf") and gd >= 4 * newton, ill

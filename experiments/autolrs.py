@@ -16,6 +16,7 @@ from experiments import optimizer_benchmark  # noqa: E402
 from jaxlab import data, models, optim, train  # noqa: E402
 from jaxlab.optim import autolrs  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 SCHEDULES = ("cosine", "wsd")
 
@@ -56,6 +57,7 @@ def validate(config) -> None:
                      "autolrs.tau / autolrs.num_lrs")
   checks.mnist1d_samples(config, "data", "batch_size")
   checks.divisible_by_devices(config, "batch_size")
+  mesh_lib.check_config(config, ("batch_size",))
 
 
 def param_shapes(config) -> dict:
@@ -115,7 +117,8 @@ def main(config, workdir: str) -> dict:
           loss_fn, params, optim.get(opt, learning_rate=schedule), batches,
           num_steps=config.budget_steps, key=key, workdir=rundir,
           log_every=config.eval_every_steps, eval_every=config.eval_every_steps,
-          eval_fn=val_eval, lr_schedule=schedule, progress=config.progress, desc=tag)
+          eval_fn=val_eval, lr_schedule=schedule, progress=config.progress, desc=tag,
+          mesh=mesh_lib.from_config(config))
     except train.NonFiniteError as e:  # a diverged trial loses the sweep; it goes on
       out.update(diverged=str(e), final_val_accuracy=0.0, final_val_loss=float("inf"),
                  val_curve=[])
@@ -135,13 +138,15 @@ def main(config, workdir: str) -> dict:
     steps = _train_steps(config)
     hook = optim.autolrs_hook(loss_fn, tx, batches, num_steps=steps, min_lr=lo, max_lr=hi,
                               acquisition=a.acquisition, kappa=a.kappa, select=a.select,
-                              loss_floor=a.loss_floor, seed=config.seed, **_plan_kwargs(config))
+                              loss_floor=a.loss_floor, seed=config.seed, mesh=mesh_lib.from_config(config),
+                              **_plan_kwargs(config))
     # Checkpointed: a killed run resumes mid-run, bit for bit (the hook's
     # decisions live in the optimizer state).
     result = train.train(loss_fn, params, tx, batches, num_steps=steps, key=key, workdir=rundir,
                          log_every=config.eval_every_steps, eval_every=config.eval_every_steps,
                          eval_fn=val_eval, checkpoint_every=config.checkpoint_every_steps,
-                         hooks=(hook,), progress=config.progress, desc=f"{opt}_autolrs")
+                         hooks=(hook,), progress=config.progress, desc=f"{opt}_autolrs",
+                         mesh=mesh_lib.from_config(config))
     plan = autolrs.stages(steps, a.tau, a.tau_max, a.lookahead_fraction)
     stage_rows = [r for r in result.history if "autolrs_learning_rate" in r]
     out = {"optimizer": opt, "schedule": "autolrs", "lr_range": [lo, hi], "train_steps": steps,

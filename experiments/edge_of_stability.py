@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from jaxlab import data, models, spectral, train  # noqa: E402
 from jaxlab.spectral import studies  # noqa: E402
 from jaxlab.train import checks, io  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 LOSSES = ("mse", "cross_entropy")
 
@@ -37,6 +38,7 @@ def validate(config) -> None:
   checks.choice(config, "model.parametrization", models.PARAMETRIZATIONS)
   checks.positive_sizes(config, "model.hidden_sizes")
   checks.choice(config, "loss", LOSSES)
+  mesh_lib.check_config(config, ("data.num_train",))  # the full batch
   lrs = tuple(config.learning_rates)
   if not lrs or min(lrs) <= 0:
     raise ValueError(f"config key 'learning_rates': {lrs!r}; allowed: a non-empty tuple of "
@@ -101,7 +103,8 @@ def main(config, workdir: str) -> dict:
                          key=jax.random.key(config.seed + 1),  # the loop donates its key
                          workdir=os.path.join(workdir, name),
                          log_every=config.train.log_every_steps, hooks=(hook,),
-                         progress=config.train.progress, desc=f"eos {name}")
+                         progress=config.train.progress, desc=f"eos {name}",
+                         mesh=mesh_lib.from_config(config))
     rows = result.history
     s_steps = np.array([r["step"] for r in rows if "sharpness" in r])
     sharp = np.array([r["sharpness"] for r in rows if "sharpness" in r])

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from jaxlab import data, models, spectral, train  # noqa: E402
 from jaxlab.spectral import studies  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 
 def _positive_ints(config, key, value, lo=1):
@@ -39,6 +40,7 @@ def validate(config) -> None:
               "train.log_every_steps", "spectrum.lanczos_iters", "spectrum.top_k",
               "spectrum.hessian_examples", "spectrum.density_iters", "spectrum.density_draws"):
     checks.positive(config, key)
+  mesh_lib.check_config(config)
   if config.mixture.num_train < max(config.mixture.num_classes):
     raise ValueError(f"config key 'mixture.num_train': {config.mixture.num_train}; allowed: at "
                      f"least max(mixture.num_classes) = {max(config.mixture.num_classes)}")
@@ -91,7 +93,8 @@ def run_arm(config, ds, hidden_sizes, workdir: str) -> dict:
                                     seed=config.seed),
                        num_steps=config.train.num_steps, key=key_train, workdir=workdir,
                        log_every=config.train.log_every_steps, lr_schedule=schedule,
-                       progress=config.train.progress, desc=os.path.basename(workdir))
+                       progress=config.train.progress, desc=os.path.basename(workdir),
+                       mesh=mesh_lib.from_config(config))
   params = result.state.params
   n = min(config.spectrum.hessian_examples, len(ds.x_train))
   batch = {"x": ds.x_train[:n], "y": ds.y_train[:n]}

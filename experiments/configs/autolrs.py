@@ -45,6 +45,7 @@ def get_config(arg=None):
   c.wsd_decay_fraction = 0.2
   c.budget_steps = 3000
   c.batch_size = 128
+  c.mesh = common.mesh_config()
   c.eval_every_steps = 100
   c.checkpoint_every_steps = 200
   c.autolrs = dict(tau=300, tau_max=1200, num_lrs=10, lookahead_fraction=0.1,

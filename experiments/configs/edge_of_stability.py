@@ -45,6 +45,7 @@ def get_config(arg=None):
   c.loss = "mse"
   c.learning_rates = (0.06, 0.08, 0.10)
   c.train = dict(num_steps=16000, log_every_steps=10, sharpness_every_steps=40, progress=False)
+  c.mesh = common.mesh_config()
   c.sharpness = dict(lanczos_iters=20)
   if opts.quick:
     c.data.num_train = 1000

@@ -47,6 +47,7 @@ def get_config(arg=None):
   c.widths = (64, 128, 256, 512)
   c.optimizer = dict(name="sgd", learning_rate=0.05, schedule="constant", warmup_steps=0)
   c.train = dict(num_steps=3000, batch_size=128, log_every_steps=100, progress=False)
+  c.mesh = common.mesh_config()
   c.spectrum = dict(lanczos_iters=80, top_k=30, hessian_examples=4000, density_iters=60,
                     density_draws=2)
   if opts.quick:

@@ -1,12 +1,15 @@
 """Study: optimizers × schedules on MNIST-1D, performance profile, annealing law, refinement."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import matplotlib
 import numpy as np
+import optax
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -28,12 +31,16 @@ def validate(config) -> None:
   for s in config.schedules:
     if s not in SCHEDULES:
       raise ValueError(f"config key 'schedules': {s!r}; allowed: {list(SCHEDULES)}")
-  for key in ("law_optimizer", "refine_optimizer"):
-    checks.choice(config, key, config.optimizers)
+  checks.choice(config, "refine_optimizer", config.optimizers)
+  validate_law(config)
   if not config.lr_factors or min(config.lr_factors) <= 0:
     raise ValueError(f"config key 'lr_factors': {config.lr_factors!r}; allowed: positive floats")
   for key in ("num_steps", "batch_size", "eval_every_steps", "target_accuracy"):
     checks.positive(config, key)
+  if config.num_steps % config.eval_every_steps:
+    raise ValueError(f"config key 'eval_every_steps': {config.eval_every_steps} does not divide "
+                     f"num_steps={config.num_steps}; allowed: a divisor of num_steps (the last "
+                     "step is evaluated)")
   if not 0 < config.wsd_decay_fraction < 1:
     raise ValueError(f"config key 'wsd_decay_fraction': {config.wsd_decay_fraction}; "
                      "allowed: 0 < x < 1")
@@ -41,10 +48,48 @@ def validate(config) -> None:
   checks.divisible_by_devices(config, "batch_size")
 
 
+def validate_law(config) -> None:
+  """The annealing arm's `law.*` keys, checked before anything compiles."""
+  law = config.law
+  if law.optimizer not in optim.NAMES:
+    raise ValueError(f"config key 'law.optimizer': {law.optimizer!r} is not registered; "
+                     f"allowed: {list(optim.NAMES)}")
+  try:  # the generic train loop passes no extra update arguments
+    optim.registry.check_extra_args(law.optimizer)
+  except ValueError as e:
+    raise ValueError(f"config key 'law.optimizer': {e}") from None
+  for key in ("learning_rate", "num_steps", "batch_size", "eval_every_steps", "input_dim",
+              "num_classes", "teacher_temperature", "val_samples", "replicas"):
+    checks.positive(config, f"law.{key}")
+  for key in ("hidden_sizes", "teacher_hidden_sizes"):
+    checks.positive_sizes(config, f"law.{key}")
+  if not 0.0 <= law.decay < 1.0:
+    raise ValueError(f"config key 'law.decay': {law.decay!r}; allowed: 0 <= x < 1")
+  for key in ("wsd_decay_fraction", "fit_start_fraction", "drop_window_fraction"):
+    if not 0.0 < law[key] < 1.0:
+      raise ValueError(f"config key 'law.{key}': {law[key]!r}; allowed: 0 < x < 1")
+  if law.num_steps % law.eval_every_steps:
+    raise ValueError(f"config key 'law.eval_every_steps': {law.eval_every_steps} does not divide "
+                     f"law.num_steps={law.num_steps}; allowed: a divisor of law.num_steps")
+  evals = law.num_steps // law.eval_every_steps
+  window = int(law.drop_window_fraction * law.num_steps)
+  if evals < 8 or window < law.eval_every_steps:
+    raise ValueError(
+        f"config key 'law.eval_every_steps': {law.eval_every_steps} leaves {evals} evaluations and "
+        f"{window // law.eval_every_steps} in the drop window (law.drop_window_fraction="
+        f"{law.drop_window_fraction}); allowed: at least 8 evaluations and 1 in the window")
+  checks.divisible_by_devices(config, "law.batch_size")
+
+
 def param_shapes(config) -> dict:
   """{keys: abstract params} of the model every run trains (see checks.param_memory)."""
   dim, classes = checks.MNIST1D_DIMS
-  return {"model.hidden_sizes": checks.mlp_shapes(dim, config.model.hidden_sizes, classes)}
+  shapes = {"model.hidden_sizes": checks.mlp_shapes(dim, config.model.hidden_sizes, classes)}
+  if "law" in config:  # other studies (autolrs) reuse this for their MNIST-1D model only
+    law = config.law
+    shapes["law.hidden_sizes, law.input_dim"] = checks.mlp_shapes(law.input_dim, law.hidden_sizes,
+                                                                  law.num_classes)
+  return shapes
 
 
 def make_schedule(name: str, lr: float, num_steps: int, decay_fraction: float):
@@ -69,6 +114,9 @@ def main(config, workdir: str) -> dict:
   loss_fn = recipes.classification_loss(model.apply)
   val_eval = recipes.classification_eval(model.apply, ds.x_test, ds.y_test, "val")
   batches = data.Batches({"x": ds.x_train, "y": ds.y_train}, config.batch_size, seed=config.seed)
+  # Every trial starts from `params`: step 0 of each validation curve, so that
+  # time to target can be interpolated inside the first evaluation interval.
+  initial_accuracy = float(val_eval(params)["val_accuracy"])
 
   def run(opt: str, sched_name: str, lr: float, schedule=None, log_every=None) -> dict:
     # Runs logged every step (law and refinement arms) are kept apart from the sweep's.
@@ -83,8 +131,9 @@ def main(config, workdir: str) -> dict:
       result = train.train(
           loss_fn, params, optim.get(opt, learning_rate=schedule), batches,
           num_steps=config.num_steps, key=jax.random.key(config.seed + 1), workdir=rundir,
-          log_every=log_every or config.eval_every_steps, eval_every=config.eval_every_steps,
-          eval_fn=val_eval, lr_schedule=schedule, progress=config.progress, desc=tag)
+          log_every=log_every or config.eval_every_steps,
+          hooks=[EvalHook(val_eval, config.eval_every_steps, opt)], lr_schedule=schedule,
+          progress=config.progress, desc=tag)
     except train.NonFiniteError as e:
       # A diverged trial is a trial that never reaches the target (AlgoPerf);
       # the sweep goes on.
@@ -98,7 +147,7 @@ def main(config, workdir: str) -> dict:
            "best_val_accuracy": max(r["val_accuracy"] for r in evals),
            "final_val_accuracy": evals[-1]["val_accuracy"],
            "curve": [(r["step"], r["loss"]) for r in result.history],
-           "val_curve": [(r["step"], r["val_accuracy"]) for r in evals],
+           "val_curve": [(0, initial_accuracy)] + [(r["step"], r["val_accuracy"]) for r in evals],
            "grad_norms": [r["grad_norm"] for r in result.history],
            "lrs": [r["learning_rate"] for r in result.history]}
     io.write_json(done, out)
@@ -111,11 +160,11 @@ def main(config, workdir: str) -> dict:
     for sched_name in config.schedules:
       runs = [run(opt, sched_name, config.base_lrs[opt] * f) for f in config.lr_factors]
       best[(opt, sched_name)] = max(runs, key=lambda r: r["best_val_accuracy"])
-      fastest[(opt, sched_name)] = time_to_target(runs, config.target_accuracy)
+      fastest[(opt, sched_name)] = time_to_target(runs, config.target_accuracy, interpolate=True)
       diverged += [f"{opt}/{sched_name}/lr={r['lr']:.3g}" for r in runs if "diverged" in r]
 
   profile = performance_profile(fastest, config.optimizers, config.schedules)
-  law = annealing_arm(config, run)
+  law = annealing_arm(config, workdir)
   refined = refined_arm(config, run)
   summary = {
       "best_val_accuracy": {f"{o}/{s}": best[(o, s)]["best_val_accuracy"] for o, s in best},
@@ -134,15 +183,63 @@ def main(config, workdir: str) -> dict:
   return summary
 
 
-def time_to_target(runs: list[dict], target: float) -> dict:
+def crossing_step(val_curve, target: float) -> float | None:
+  """Steps to reach `target` accuracy, linear in steps between evaluations.
+
+  With (s0, a0) the last evaluation below the target and (s1, a1) the first at
+  or above it, the crossing is s0 + (target - a0) / (a1 - a0) * (s1 - s0): a
+  ranking is resolved inside an evaluation interval instead of to it (two
+  trials that cross in the same interval no longer tie). The curve should
+  start with the evaluation at step 0 (the initial parameters); without an
+  earlier point, a hit at the first evaluation counts at that evaluation's
+  step. None when the curve never reaches the target.
+  """
+  prev = None
+  for step, acc in val_curve:
+    if acc >= target:
+      if prev is None:
+        return float(step)
+      (s0, a0), (s1, a1) = prev, (step, acc)
+      return float(s0 + (target - a0) / (a1 - a0) * (s1 - s0))
+    prev = (step, acc)
+  return None
+
+
+def eval_params(opt: str, state) -> object:
+  """The parameters a method is judged at: schedule-free AdamW's averaged point
+  x = (y - (1 - b1) z) / b1 (Defazio et al. 2024, eq. 1; optax's
+  `schedule_free_eval_params`), the training point for every other method."""
+  if opt == "schedule_free_adamw":
+    return optax.contrib.schedule_free_eval_params(state.opt_state, state.params)
+  return state.params
+
+
+class EvalHook:
+  """Validation every `every_steps` steps at `eval_params(opt, state)` (a train-loop hook)."""
+
+  def __init__(self, eval_fn, every_steps: int, opt: str):
+    self.eval_fn, self.every_steps, self.opt = eval_fn, every_steps, opt
+
+  def __call__(self, step: int, state) -> dict:
+    del step
+    return self.eval_fn(eval_params(self.opt, state))
+
+
+def time_to_target(runs: list[dict], target: float, interpolate: bool = False) -> dict:
   """AlgoPerf's time to result over a tuning sweep: the fastest trial that reaches the target.
 
-  Steps are the first evaluation with validation accuracy >= `target` (read
-  from each run's `val_curve`, so a new target needs no re-training);
-  ``{"steps_to_target": None, "lr": None}`` when no trial reaches it.
+  A trial's time is the step of its first evaluation at or above `target`, or
+  with ``interpolate=True`` its `crossing_step` (this study's scoring: rankings
+  resolved inside an evaluation interval). Read from each run's `val_curve`,
+  so a new target needs no re-training; ``{"steps_to_target": None, "lr":
+  None}`` when no trial reaches it.
   """
-  hits = [(next((step for step, acc in r["val_curve"] if acc >= target), None), r["lr"])
-          for r in runs]
+  def time(curve):
+    if interpolate:
+      return crossing_step(curve, target)
+    return next((step for step, acc in curve if acc >= target), None)
+
+  hits = [(time(r["val_curve"]), r["lr"]) for r in runs]
   hits = [h for h in hits if h[0] is not None]
   steps, lr = min(hits, key=lambda h: h[0]) if hits else (None, None)
   return {"steps_to_target": steps, "lr": lr}
@@ -164,29 +261,115 @@ def performance_profile(times, optimizers, scheds, r_max: float = 4.0) -> dict:
   return {"taus": taus.tolist(), "rho": rho, "score": score}
 
 
-def _smooth(x, beta=0.9):
-  out, m = [], x[0]
-  for v in x:
-    m = beta * m + (1 - beta) * v
-    out.append(m)
-  return np.asarray(out)
+LAW_FIT = ("constant", "cosine")  # the paper fits constant + cosine ...
+LAW_PREDICT = ("wsd", "multistep")  # ... and predicts schedules it has not seen
 
 
-def annealing_arm(config, run) -> dict:
-  """Fit L(s) = L0 + A S1^-α − C S2 on constant + cosine, predict WSD (Tissue et al. 2024)."""
-  opt, lr = config.law_optimizer, config.base_lrs[config.law_optimizer]
-  runs = {s: run(opt, s, lr, log_every=1) for s in ("constant", "cosine", "wsd")}
-  # With log_every=1 the logged rows are every step: losses and lrs align.
-  lrs = {s: np.asarray(r["lrs"]) for s, r in runs.items()}
-  losses = {s: _smooth(np.asarray([v for _, v in r["curve"]])) for s, r in runs.items()}
-  skip = max(1, config.num_steps // 20)  # early transient: the paper fits after warmup
-  law = annealing_law.fit([lrs["constant"][skip:], lrs["cosine"][skip:]],
-                          [losses["constant"][skip:], losses["cosine"][skip:]])
-  pred = law.predict(lrs["wsd"])[skip:]
-  err = float(np.mean(np.abs(pred - losses["wsd"][skip:]) / losses["wsd"][skip:]))
-  return {"optimizer": opt, "lr": lr, "params": dict(law._asdict()),
-          "wsd_mean_relative_error": err, "wsd_pred": pred.tolist(),
-          "wsd_actual": losses["wsd"][skip:].tolist(), "skip": skip}
+def law_schedule(name: str, lr: float, num_steps: int, decay_fraction: float):
+  """The annealing arm's schedules: constant, cosine to 0, WSD (1-sqrt cooldown over
+  `decay_fraction` of the run, to 0) and multistep (×0.3 at half, ×0.1 of the peak at 3/4)."""
+  if name == "multistep":
+    return optax.piecewise_constant_schedule(lr, {num_steps // 2: 0.3, 3 * num_steps // 4: 1 / 3})
+  return make_schedule(name, lr, num_steps, decay_fraction)
+
+
+def teacher_task(law, seed: int):
+  """A stream of fresh classification samples labelled by a fixed random teacher.
+
+  x ~ N(0, I_d); y ~ softmax(temperature * teacher(x)), the teacher an MLP
+  drawn from `seed`. Every step sees new samples, so nothing is memorised and
+  the loss tends to the teacher's entropy, not to 0, as in LLM pre-training
+  where the annealing law was found. Returns (batch_fn(step, stream_key),
+  eval_fn(params) -> {"val_loss"}, floor): val_loss is the expected
+  cross-entropy over labels, E_x[-sum_k p_teacher(k|x) log p(k|x)], on fixed
+  `val_samples` inputs (the same for every run: common random numbers), and
+  floor is the teacher's entropy on them, the lowest val_loss any model gets.
+  """
+  k_teacher, k_val = jax.random.split(jax.random.key(seed))
+  teacher = models.mlp(law.input_dim, law.teacher_hidden_sizes, law.num_classes)
+  t_params = teacher.init(k_teacher)
+  student = models.mlp(law.input_dim, law.hidden_sizes, law.num_classes)
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def sample(t_params, key, n):
+    kx, ky = jax.random.split(key)
+    x = jax.random.normal(kx, (n, law.input_dim))
+    logits = law.teacher_temperature * teacher.apply(t_params, x)[0]
+    return x, jax.random.categorical(ky, logits), jax.nn.log_softmax(logits)
+
+  x_val, _, logp_val = sample(t_params, k_val, law.val_samples)
+  floor = float(-jnp.sum(jnp.exp(logp_val) * logp_val, -1).mean())
+
+  @jax.jit
+  def val_loss(params, x, logp):
+    logq = jax.nn.log_softmax(student.apply(params, x)[0])
+    return -jnp.sum(jnp.exp(logp) * logq, -1).mean()
+
+  def batch_fn(step, stream_key):
+    x, y, _ = sample(t_params, jax.random.fold_in(stream_key, step), law.batch_size)
+    return {"x": x, "y": y}
+
+  return student, batch_fn, lambda params: {"val_loss": val_loss(params, x_val, logp_val)}, floor
+
+
+def annealing_arm(config, workdir: str) -> dict:
+  """The LR-annealing law (Tissue et al. 2024, eq. 1 with S2 of eq. 5) on a teacher-student stream.
+
+  For each schedule, `law.replicas` runs (student init and data stream from
+  the study seed; one teacher) give the mean validation-loss curve. The law
+  is fitted on the constant and cosine curves from `fit_start_fraction` of the
+  run (the paper drops the early transient) and predicts the WSD and
+  multistep curves: mean relative error, error relative to the reducible loss
+  (L - floor), and the cooldown drop (loss over the `drop_window_fraction` of
+  steps before the first LR decrease minus the loss over the last 1% of steps)
+  predicted / measured.
+  """
+  law = config.law
+  student, batch_fn, eval_fn, floor = teacher_task(law, config.seed)
+  loss_fn = recipes.classification_loss(student.apply)
+  n, every = law.num_steps, law.eval_every_steps
+  curves, lrs = {}, {}
+  for name in LAW_FIT + LAW_PREDICT:
+    schedule = law_schedule(name, law.learning_rate, n, law.wsd_decay_fraction)
+    lrs[name] = np.asarray(jax.vmap(schedule)(jnp.arange(n)), np.float64)
+    runs = []
+    for r in range(law.replicas):
+      rundir = os.path.join(workdir, "law", f"{name}_replica{r}")
+      done = os.path.join(rundir, "run_summary.json")
+      if not os.path.exists(done):  # resume at run granularity
+        key = jax.random.fold_in(jax.random.key(config.seed), 1000 + r)
+        k_init, k_stream, k_step = jax.random.split(key, 3)
+        result = train.train(
+            loss_fn, student.init(k_init), optim.get(law.optimizer, learning_rate=schedule),
+            functools.partial(batch_fn, stream_key=k_stream), num_steps=n, key=k_step,
+            workdir=rundir, log_every=every, eval_every=every, eval_fn=eval_fn,
+            lr_schedule=schedule, progress=config.progress, desc=f"law {name} {r}")
+        io.write_json(done, {"steps": [row["step"] for row in result.history],
+                             "val_loss": [row["val_loss"] for row in result.history]})
+      runs.append(io.read_json(done))
+    steps = np.asarray(runs[0]["steps"])
+    curves[name] = np.mean([rr["val_loss"] for rr in runs], axis=0)
+  # Row `step` holds the loss after `step` updates: S1 sums the first `step` rates.
+  idx = steps - 1
+  keep = steps > law.fit_start_fraction * n
+  fitted = annealing_law.fit([lrs[s] for s in LAW_FIT], [curves[s][keep] for s in LAW_FIT],
+                             steps=[idx[keep]] * len(LAW_FIT), decay=law.decay)
+  window, end_window = max(1, int(law.drop_window_fraction * n)), max(1, n // 100)
+  out = {"params": dict(fitted._asdict()), "floor": floor, "steps": steps.tolist(),
+         "fit_start_step": int(steps[keep][0]), "curves": {}, "predicted": {}, "schedules": {}}
+  for name in LAW_FIT + LAW_PREDICT:
+    pred, act = fitted.predict(lrs[name], idx), curves[name]
+    out["curves"][name], out["predicted"][name] = act.tolist(), pred.tolist()
+    err = np.abs(pred - act)[keep]
+    row = {"mean_relative_error": float(np.mean(err / act[keep])),
+           "reducible_relative_error": float(np.mean(err) / np.mean(act[keep] - floor))}
+    if name in LAW_PREDICT:
+      d_act, d_pred = (annealing_law.cooldown_drop(c, lrs[name], idx, window, end_window)
+                       for c in (act, pred))
+      row.update(drop_measured=d_act, drop_predicted=d_pred, drop_ratio=d_pred / d_act)
+    out["schedules"][name] = row
+  out["wsd_mean_relative_error"] = out["schedules"]["wsd"]["mean_relative_error"]
+  return out
 
 
 def refined_arm(config, run) -> dict:
@@ -228,11 +411,35 @@ def plot(best, profile, law, config, workdir) -> None:
          title=f"performance profile (target acc {config.target_accuracy})", ylim=(-0.02, 1.02))
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   io.save_figure(fig, workdir, "performance_profile")
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  x = np.arange(len(law["wsd_actual"])) + law["skip"]
-  ax.plot(x, law["wsd_actual"], label="WSD run (smoothed)")
-  ax.plot(x, law["wsd_pred"], "--", label="law fitted on constant + cosine")
-  ax.set(xlabel="step", ylabel="train loss", yscale="log",
-         title=f"annealing law: mean rel. error {law['wsd_mean_relative_error']:.3f}")
-  ax.legend()
+  plot_law(law, workdir)
+
+
+def plot_law(law, workdir) -> None:
+  """Measured vs fitted/predicted validation loss per schedule, one panel each (2 x 2)."""
+  names = LAW_FIT + LAW_PREDICT
+  steps = np.asarray(law["steps"])
+  fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), sharex=True)
+  for ax, name in zip(axes.ravel(), names, strict=True):
+    act, pred = np.asarray(law["curves"][name]), np.asarray(law["predicted"][name])
+    ax.plot(steps, act, color="C0", lw=1, label="measured (mean of replicas)")
+    ax.plot(steps, pred, "--", color="C3", lw=1.5, label="law fitted on constant + cosine")
+    ax.axhline(law["floor"], color="0.5", ls=":", label="floor (teacher entropy)")
+    ax.axvline(law["fit_start_step"], color="0.7", ls="-.", lw=1, label="fit starts")
+    row = law["schedules"][name]
+    title = f"{name} ({'fitted' if name in LAW_FIT else 'predicted'}): "
+    title += f"mean rel. err {100 * row['mean_relative_error']:.2f}%"
+    if "drop_ratio" in row:
+      title += f"\ncooldown drop predicted/measured {row['drop_ratio']:.2f}"
+    top = act[steps >= law["fit_start_step"]].max()
+    ax.set(title=title, ylim=(law["floor"] - 0.01, top + 0.2 * (top - law["floor"])))
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+  for ax in axes[1]:
+    ax.set_xlabel("step")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("validation loss")
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+  fig.suptitle(f"annealing law L0 + A·S1^-α − C·S2 (λ = {law['params']['decay']})")
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
   io.save_figure(fig, workdir, "annealing_law")

@@ -71,7 +71,16 @@ def get_config(arg=None):
   c.batch_size = 128
   c.eval_every_steps = 150
   c.target_accuracy = 0.67
-  c.law_optimizer = "adam"
+  # The LR-annealing law (Tissue et al. 2024) on a stream of fresh teacher-labelled
+  # samples (see experiments/optimizer_benchmark.py:teacher_task): the loss tends
+  # to the teacher's entropy, not to 0. decay (the paper's lambda) is not
+  # identified by the constant + cosine fit (its objective falls as lambda falls);
+  # it was set once from calibration seeds 100-102, not the asserted seeds 0-4.
+  c.law = dict(optimizer="adam", learning_rate=3e-3, num_steps=3000, batch_size=128,
+               eval_every_steps=10, input_dim=32, num_classes=10, teacher_hidden_sizes=(64, 64),
+               teacher_temperature=2.0, hidden_sizes=(128, 128), val_samples=8192, replicas=2,
+               decay=0.997, wsd_decay_fraction=0.2, fit_start_fraction=0.1,
+               drop_window_fraction=0.05)
   c.refine_optimizer = "momentum"
   c.progress = False
   if opts.quick:

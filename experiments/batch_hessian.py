@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from jaxlab import data, models, train  # noqa: E402
 from jaxlab.spectral import batch_lr  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -69,6 +70,7 @@ def validate(config) -> None:
   if config.pretrain.batch_size > n:
     raise ValueError(f"config key 'pretrain.batch_size': {config.pretrain.batch_size}; "
                      f"allowed: at most data.num_train ({n})")
+  mesh_lib.check_config(config, ("pretrain.batch_size",))
   if config.stability.num_steps % config.stability.eval_every_steps:
     raise ValueError(f"config key 'stability.num_steps': {config.stability.num_steps}; allowed: "
                      f"a multiple of stability.eval_every_steps "
@@ -287,7 +289,8 @@ def onthefly_arm(config, loss_fn, tx, params0, probe, arrays, evaluate, workdir)
   res = train.train(loss_fn, params0, tx, data.Batches(arrays, pre.batch_size, seed=config.seed),
                     num_steps=pre.num_steps, key=jax.random.key(config.seed + 8),
                     workdir=os.path.join(workdir, "onthefly"), log_every=o.every_steps,
-                    hooks=(hook,), progress=False, desc="onthefly")
+                    hooks=(hook,), progress=False, desc="onthefly",
+                    mesh=mesh_lib.from_config(config))
   return {**{k: float(v) for k, v in evaluate(res.state.params).items()},
           "loss_curve": _curve(res.history),
           "learning_rates": [[r["step"], r["slq_learning_rate"]] for r in res.history
@@ -315,7 +318,7 @@ def fixed_lr_sweep(config, loss_fn, params0, arrays, evaluate, workdir, pretrain
                         num_steps=pre.num_steps, key=jax.random.key(config.seed + 8),
                         workdir=os.path.join(workdir, f"fixed_lr_{lr:g}"),
                         log_every=config.onthefly.every_steps, progress=False,
-                        desc=f"fixed_lr_{lr:g}")
+                        desc=f"fixed_lr_{lr:g}", mesh=mesh_lib.from_config(config))
     except train.NonFiniteError:  # a rate past the stability edge: a sweep point, not a failure
       out[f"{lr:g}"] = {"train_loss": float("inf"), "train_accuracy": 0.0, "diverged": True,
                         "loss_curve": [], "learning_rate": lr}
@@ -344,7 +347,7 @@ def main(config, workdir: str) -> dict:
   res = train.train(loss_fn, params0, tx, data.Batches(arrays, pre.batch_size, seed=config.seed),
                     num_steps=pre.num_steps, key=jax.random.key(config.seed + 8),
                     workdir=os.path.join(workdir, "pretrain"), log_every=max(1, log_every),
-                    progress=False, desc="pretrain")
+                    progress=False, desc="pretrain", mesh=mesh_lib.from_config(config))
   params = res.state.params
   evaluate = recipes.classification_eval(model.apply, ds.x_train, ds.y_train, "train")
   ev = evaluate(params)

@@ -80,6 +80,7 @@ def get_config(arg=None):
   c.data = dict(num_samples=5000, num_train=4000, data_seed=42)
   c.model = dict(hidden_sizes=(128, 128), activation="relu")
   c.pretrain = dict(learning_rate=0.05, batch_size=64, num_steps=2000)
+  c.mesh = common.mesh_config()
   c.sharpness = dict(batch_sizes=(2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), draws=8,
                      grad_draws=32, lanczos_iters=30)
   c.adam = dict(b1=0.9, b2=0.999, eps=1e-8)

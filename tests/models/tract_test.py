@@ -41,8 +41,9 @@ def test_dense_forward_and_gradients(b, d):
   x = jax.random.normal(kx, (b, d))
   r = jax.random.normal(kr, (b, 4))
   layer, plain = models.TrActDense(4, lam=0.1), nn.Dense(4)
-  v = layer.init(ki, x)
-  assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, plain.init(ki, x))
+  v = jax.jit(layer.init)(ki, x)
+  shape = lambda a: a.shape  # noqa: E731
+  assert jax.tree.map(shape, v) == jax.tree.map(shape, jax.eval_shape(plain.init, ki, x))
   np.testing.assert_allclose(layer.apply(v, x), plain.apply(v, x), rtol=1e-6, atol=1e-6)
   (g, gx), (gp, gxp) = _grads(layer, v, x, r), _grads(plain, v, x, r)
   xn, rn = np.asarray(x, np.float64), np.asarray(r, np.float64)
@@ -85,15 +86,14 @@ def _np_patches(x, kh, kw, strides, padding):
 
 
 @pytest.mark.parametrize("padding, strides", [
-    ("SAME", (1, 1)), ("VALID", (1, 1)), ("SAME", (2, 2)), ("VALID", (2, 1)),
-    (((1, 0), (2, 1)), (1, 2))])
+    ("SAME", (2, 2)), ("VALID", (2, 1)), (((1, 0), (2, 1)), (1, 2))])
 def test_conv_forward_and_gradients(padding, strides):
   kx, kr, ki = jax.random.split(jax.random.key(4), 3)
   x = jax.random.uniform(kx, (3, 7, 6, 2))
   layer = models.TrActConv(5, (3, 2), lam=0.1, strides=strides, padding=padding)
   plain = nn.Conv(5, (3, 2), strides=strides, padding=padding)
-  v = layer.init(ki, x)
-  y = layer.apply(v, x)
+  v = jax.jit(layer.init)(ki, x)
+  y = jax.jit(layer.apply)(v, x)
   np.testing.assert_allclose(y, plain.apply(v, x), rtol=1e-6, atol=1e-6)
   xn = np.asarray(x, np.float64)
   p_BxD, out_shape = _np_patches(xn, 3, 2, strides, padding)
@@ -186,11 +186,12 @@ def test_jit_and_vmap_over_independent_problems():
   convs = models.TrActConv(2, (2, 2), lam=0.2)
   xi = jax.random.uniform(jax.random.key(16), (3, 2, 5, 5, 1))
   vc = convs.init(jax.random.key(17), xi[0])
-  batched = jax.jit(jax.vmap(lambda x: jax.grad(lambda p: jnp.sum(convs.apply(p, x) ** 2))(vc)))
-  looped = [jax.grad(lambda p, x=x: jnp.sum(convs.apply(p, x) ** 2))(vc) for x in xi]
+  one = jax.grad(lambda p, x: jnp.sum(convs.apply(p, x) ** 2))
+  batched = jax.jit(jax.vmap(one, in_axes=(None, 0)))(vc, xi)
+  looped = [jax.jit(one)(vc, x) for x in xi]
   for i in range(3):
     # Same float32 math batched or not: equal to rounding (relative to the norm).
-    assert _rel(batched(xi)["params"]["kernel"][i], np.asarray(looped[i]["params"]["kernel"])) < 1e-5
+    assert _rel(batched["params"]["kernel"][i], np.asarray(looped[i]["params"]["kernel"])) < 1e-5
 
 
 def test_nnx_layer_through_the_functions():
@@ -246,10 +247,11 @@ def test_small_cnn_option_keeps_the_parameter_tree():
   x = jax.random.uniform(jax.random.key(21), (8, 8, 8, 1))
   y = jnp.arange(8) % 10
   plain, tr = models.SmallCNN(features=(4, 8)), models.SmallCNN(features=(4, 8), tract_lam=0.1)
-  params, state = models.linen_init(plain, jax.random.key(22), x)
+  params, state = jax.jit(lambda k: models.linen_init(plain, k, x))(jax.random.key(22))
   assert sorted(params) == ["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1", "Dense_0"]
-  params_t, _ = models.linen_init(tr, jax.random.key(22), x)
-  assert jax.tree.map(jnp.shape, params_t) == jax.tree.map(jnp.shape, params)
+  params_t, _ = jax.eval_shape(lambda k: models.linen_init(tr, k, x), jax.random.key(22))
+  shape = lambda a: a.shape  # noqa: E731
+  assert jax.tree.map(shape, params_t) == jax.tree.map(shape, params)
   batch = {"x": x, "y": y}
 
   def grad(module):

@@ -1,0 +1,54 @@
+"""TrAct (Petersen, Borgelt & Ermon 2024) vs the plain first-layer gradient: steps to target.
+
+SmallCNN on sklearn digits and the MLP on MNIST-1D, SGD-momentum and Adam, at
+full and reduced input contrast; TrAct and plain arms share seeds, learning
+rate and batches. The paper reports 1.25–4× fewer steps to the baseline's
+accuracy, most for low-contrast inputs.
+
+Command (2-core CPU):
+  python -m experiments.run --config=experiments/configs/tract.py:quick --workdir=runs/tract_quick
+  python -m experiments.run --config=experiments/configs/tract.py --workdir=runs/tract_full
+
+Options after the colon: `quick`, `tiny` (seconds; the tests).
+
+Expected: see the README row (measured numbers are filled in there and in
+summary.json: per group the target, steps to target per seed and method, and
+the speed-up plain steps / TrAct steps).
+"""
+from experiments.configs import common
+
+
+def get_config(arg=None):
+  opts = common.parse_arg(arg, quick=False, tiny=False)
+  c = common.base_config("tract", quick=opts.quick or opts.tiny)
+  c.workloads = ("cnn_digits", "mlp_mnist1d")
+  c.optimizers = ("momentum", "adam")
+  # One learning rate per (workload, optimizer), the same for both methods.
+  c.learning_rates = dict(cnn_digits=dict(momentum=0.05, adam=3e-3),
+                          mlp_mnist1d=dict(momentum=0.02, adam=1e-3))
+  c.momentum = 0.9
+  c.contrasts = (1.0, 0.1)
+  c.lam = 0.1
+  c.num_seeds = 5
+  c.num_steps = 2000
+  c.batch_size = 64
+  c.eval_every_steps = 50
+  c.target_fraction = 0.98
+  c.final_window = 3
+  c.smooth_window = 3
+  c.data = dict(num_samples=5000, data_seed=42, digits_seed=0)
+  c.cnn = dict(features=(16, 32), batch_norm=True, dropout_rate=0.0)
+  c.mlp = dict(hidden_sizes=(256, 256))
+  if opts.quick:
+    c.num_seeds = 3
+    c.num_steps = 600
+    c.eval_every_steps = 20
+  if opts.tiny:  # one compiled program per method: the conv + BatchNorm path
+    c.workloads = ("cnn_digits",)
+    c.optimizers = ("momentum",)
+    c.num_seeds = 2
+    c.num_steps = 40
+    c.eval_every_steps = 10
+    c.final_window = 2
+    c.cnn.features = (4, 8)
+  return c

@@ -39,6 +39,10 @@ LOCK_NAME = ".lock"
 CONFIG_NAME = "config.json"
 CHANGES_NAME = "config_changes.jsonl"
 VOLATILE_KEYS = frozenset({"progress"})
+# Keys added to the study configs after workdirs already existed, with the value
+# that reproduces the behaviour before them: an older config.json that lacks such
+# a key is resumed when the new config holds this value (anything else is a change).
+ADDED_KEY_DEFAULTS = {"mesh.data": -1, "mesh.fsdp": 1}
 _held: dict[str, list] = {}  # realpath -> [fd, depth]
 
 
@@ -152,11 +156,20 @@ def fingerprint(config: Any) -> str:
 
 
 def config_changes(old: Any, new: Any) -> dict[str, tuple[Any, Any]]:
-  """`{key: (old, new)}` for every non-volatile key that differs ("<absent>" if missing)."""
+  """`{key: (old, new)}` for every non-volatile key that differs ("<absent>" if missing).
+
+  A key of `ADDED_KEY_DEFAULTS` (matched on its last two parts) absent from
+  `old` and at its default in `new` is no change: the old run behaved so.
+  """
   a, b = _comparable(old), _comparable(new)
   missing = "<absent>"
+
+  def added_at_default(k: str) -> bool:
+    tail = ".".join(k.split(".")[-2:])
+    return k not in a and tail in ADDED_KEY_DEFAULTS and b.get(k) == ADDED_KEY_DEFAULTS[tail]
+
   return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-          if a.get(k, missing) != b.get(k, missing)}
+          if a.get(k, missing) != b.get(k, missing) and not added_at_default(k)}
 
 
 def check_config(workdir: str, config: Any, *, allow_change: bool = False,

@@ -98,14 +98,38 @@ def test_lr_transfer_unknown_key(tmp_path):
 
 
 @pytest.mark.repro
-def test_lr_transfer_quick_repro(tmp_path):
-  summary = run.run(CFG + ":quick", str(tmp_path))
+def test_lr_transfer_quick_repro(tmp_path, repro_seed):
+  """Noci et al. / Tensor Programs V at quick scale; init, batches and Lanczos from the seed.
+
+  The data set is the package's standard MNIST-1D (data seed 42) for every repro seed, as in
+  the seeds the config docstring reports. Measured: passes on --repro-seed 2 and 3 (2 of 2,
+  this test's code); the grid-shift assertions also hold on the optimal rates the config
+  docstring reports for seeds 0 and 1 (runs made before the loss-ratio assertion existed,
+  whose loss tables were not kept); seed 4 not measured. About 4-5 min wall per seed on an
+  idle 2-core machine.
+  """
+  summary = run.run(CFG + ":quick", str(tmp_path), overrides={"seed": repro_seed})
   shift = summary["optimum_shift"]
-  # Noci et al. / Tensor Programs V: µP's optimum stays within one grid step
-  # (factor 2) over 8× in width, SP's drifts (Adam: ∝ 1/n, one step per doubling).
-  assert shift["mup"] <= 1, summary["parametrizations"]["mup"]["optimal_index"]
-  assert shift["standard"] >= 2, summary["parametrizations"]["standard"]["optimal_index"]
-  for p, arm in summary["parametrizations"].items():
+  params = summary["parametrizations"]
+  exps = np.array(summary["log2_learning_rates"])
+  # µP's optimum stays within one grid step (factor 2) over 8× in width: optimal log2 η at
+  # widths 32 / 64 / 128 / 256 was -6/-6/-6/-6 (seed 0), -7/-6/-6/-6 (seeds 1, 2, 3): only
+  # the narrowest width, where the margins are thinnest, moves.
+  assert shift["mup"] <= 1, exps[params["mup"]["optimal_index"]]
+  # SP's optimum drifts toward smaller rates as the width grows (Adam-SP: ∝ 1/width, 3 grid
+  # steps over 8×): -7/-7/-8/-9, -6/-7/-8/-9, -7/-7/-8/-9, -7/-7/-8/-8, i.e. down 2 / 3 / 2 /
+  # 1 steps. "SP moves ≥ 2 steps" held on 3 of these 4 seeds only, so the grid shift asserts
+  # the direction, and the size of the effect is asserted through the loss below.
+  sp = exps[params["standard"]["optimal_index"]]
+  assert sp[-1] - sp[0] <= -1, sp
+  # Transfer, as a practitioner meets it: the rate tuned at width 32, used at width 256,
+  # reaches R × the best loss at 256. Measured R (seeds 2, 3): µP 1.60 / 1.46, SP 9.7 / 26.
+  regret = {}
+  for p in ("mup", "standard"):
+    table, j = np.array(params[p]["final_loss"]), params[p]["optimal_index"]
+    regret[p] = table[-1, j[0]] / table[-1, j[-1]]
+  assert regret["mup"] < 2.5 and regret["standard"] > 4.0, regret
+  for p, arm in params.items():
     # The optimum trains: its loss is far below the loss at initialization.
     for first, best in zip(arm["initial_loss"], arm["optimal_loss"], strict=True):
       assert best < 0.5 * first, (p, first, best)

@@ -128,10 +128,15 @@ def test_annealing_law_predicts_unseen_schedules_with_their_cooldown_drop(tmp_pa
   The quick config's law arm (teacher-student stream, Adam, 3,000 steps, 2
   replicas per schedule; about 3 min CPU). Asserted on WSD (1-sqrt cooldown over
   the last 20%) and multistep (×0.3 at half, ×0.1 at 3/4), neither fitted: mean
-  relative error ≤ 3% and the cooldown drop within 20% (issue 17's targets);
-  the law without its annealing term (C = 0) must miss at least half of each
-  drop, so the drop bound tells the law from a power law in S1 alone.
-  Measured with `decay` 0.997 (set on seeds 100-102); pass rate over seeds 0-4 being measured.
+  relative error ≤ 3% and the cooldown drop within 20% (issue 17's targets).
+  The floor (teacher entropy) makes 3% easy, so the error is also bounded
+  relative to the reducible loss L - floor (≤ 5%), and the law without its
+  annealing term (C = 0) must miss at least half of each drop: the drop bound
+  tells the law from a power law in S1 alone.
+  Measured with `decay` 0.997 (set on seeds 100-102): passes on --repro-seed
+  0-4 (5/5); mean relative error 0.13-0.23%, 1.7-2.7% of the reducible loss,
+  drop ratio 0.90-1.02 (WSD) and 1.03-1.11 (multistep); the C = 0 law
+  predicts 7-15% of the drops.
   """
   config = run.load_config("experiments/configs/optimizer_benchmark.py:quick")
   config.seed = repro_seed
@@ -142,6 +147,7 @@ def test_annealing_law_predicts_unseen_schedules_with_their_cooldown_drop(tmp_pa
   for name in optimizer_benchmark.LAW_PREDICT:
     row = law["schedules"][name]
     assert row["mean_relative_error"] <= 0.03, (name, row)
+    assert row["reducible_relative_error"] <= 0.05, (name, row)
     assert 0.8 <= row["drop_ratio"] <= 1.2, (name, row)
     lrs = np.asarray(jax.vmap(optimizer_benchmark.law_schedule(
         name, config.law.learning_rate, n, config.law.wsd_decay_fraction))(jnp.arange(n)))

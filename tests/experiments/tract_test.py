@@ -78,3 +78,18 @@ def test_steps_to_target_smooths_over_the_window():
   assert study.steps_to_target(steps, acc, 0.8) == 20  # the lucky evaluation
   assert study.steps_to_target(steps, acc, 0.72, window=2) == 40  # (0.5 + 1.0) / 2
   assert study.steps_to_target(steps, acc, 0.8, window=2) is None
+
+
+@pytest.mark.repro
+def test_tract_quick_repro(tmp_path, repro_seed):
+  summary = run.run(CFG + ":quick", str(tmp_path), {"seed": repro_seed})
+  g = summary["groups"]
+  for opt in ("momentum", "adam"):
+    low, full = g[f"mlp_mnist1d/{opt}/contrast=0.1"], g[f"mlp_mnist1d/{opt}/contrast=1"]
+    # The paper's claim where it reproduces here: on low-contrast inputs TrAct
+    # reaches the plain arm's accuracy in fewer steps (measured ×1.5-2.1, every
+    # seed ≥ ×1.33 at seeds 0-4), and the gain is larger than at full contrast
+    # (measured ×0.8-1.05 there: no speed-up).
+    assert low["speedup_geomean"] >= 1.25, (opt, low["speedup_per_seed"])
+    assert low["speedup_min"] > 1.1, (opt, low["speedup_per_seed"])
+    assert low["speedup_geomean"] > full["speedup_geomean"] + 0.3, (opt, low, full)

@@ -14,10 +14,15 @@ sort; GaLore: an SVD) runs every `update_every` steps; the amortized step is
 diffgrad <= 1.3x, dct_lowrank (amortized) <= 1.5x, mfac (m = 32) <= 10x.
 Then DCT low-rank vs optax.contrib.galore at equal rank: step time with the
 refresh, optimizer-state bytes, and final training loss of an MNIST-1D MLP.
+Then TrAct's overhead (`--tract-only` runs just this): a whole jitted train step
+(forward, backward, optax.adam update) with the first layer a
+jaxlab.models.TrActDense / TrActConv vs the plain nn.Dense / nn.Conv, same
+model, batch and optimizer, interleaved in the same run; ratio TrAct / plain.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -136,6 +141,78 @@ def mlp_final_loss(tx, steps, quick, seed=0):
   return float(train(params))
 
 
+def _tract_models(quick: bool) -> dict:
+  """name -> (module builder taking tract_lam, input batch shape): the TrAct overhead rows."""
+  import flax.linen as nn
+
+  from jaxlab import models
+
+  class Stem(nn.Module):  # a CIFAR-style first conv (3x3x3 -> 64) and a linear readout
+    tract_lam: float | None = None
+
+    @nn.compact
+    def __call__(self, x):
+      conv = (nn.Conv(64, (3, 3)) if self.tract_lam is None
+              else models.TrActConv(64, (3, 3), lam=self.tract_lam))
+      return nn.Dense(10)(nn.relu(conv(x)).mean(axis=(1, 2)))
+
+  class MLP(nn.Module):
+    tract_lam: float | None = None
+
+    @nn.compact
+    def __call__(self, x):
+      return models.MLP((256, 256), 10, tract_lam=self.tract_lam)(x)[0]
+
+  class CNN(nn.Module):
+    tract_lam: float | None = None
+
+    @nn.compact
+    def __call__(self, x):
+      return models.SmallCNN(batch_norm=False, dropout_rate=0.0, tract_lam=self.tract_lam)(x)
+
+  b = 16 if quick else 128
+  return {"mlp 40-256-256-10 (d=40)": (MLP, (b, 40)),
+          "SmallCNN digits 8x8x1 (d=9)": (CNN, (b, 8, 8, 1)),
+          "conv stem 32x32x3 -> 64 (d=27)": (Stem, (b, 8 if quick else 32, 8 if quick else 32, 3))}
+
+
+def tract_overhead(quick: bool, iters: int, repeats: int) -> dict:
+  """Train-step time with a TrAct first layer vs the plain one (optax.adam, same run)."""
+  rows, steps, states = {}, {}, {}
+  for name, (cls, shape) in _tract_models(quick).items():
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    y = jnp.arange(shape[0]) % 10
+    for method, lam in (("plain", None), ("tract", 0.1)):
+      module, tx = cls(tract_lam=lam), optax.adam(1e-3)
+      params = module.init(jax.random.PRNGKey(1), x)["params"]
+
+      def step(p, s, xb, yb, module=module, tx=tx):
+        def loss(q):
+          logits = module.apply({"params": q}, xb)
+          return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+      steps[name, method] = functools.partial(jax.jit(step, donate_argnums=(0, 1)), xb=x, yb=y)
+      states[name, method] = steps[name, method](params, tx.init(params))  # compile
+      jax.block_until_ready(states[name, method])
+  times = {k: [] for k in steps}
+  for _ in range(repeats):  # interleaved, so load drift hits both methods alike
+    for k, fn in steps.items():
+      p, s = states[k]
+      t0 = time.perf_counter()
+      for _ in range(iters):
+        p, s = fn(p, s)
+      jax.block_until_ready((p, s))
+      times[k].append((time.perf_counter() - t0) / iters)
+      states[k] = (p, s)
+  for name, (_, shape) in _tract_models(quick).items():
+    plain, tr = (statistics.median(times[name, m]) for m in ("plain", "tract"))
+    rows[name] = {"batch": shape[0], "plain_step_s": plain, "tract_step_s": tr,
+                  "tract_vs_plain": tr / plain}
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny pytree, few iterations (seconds)")
@@ -145,6 +222,8 @@ def main(argv=None):
   parser.add_argument("--rank", type=int, default=None)
   parser.add_argument("--update-every", type=int, default=200)
   parser.add_argument("--mlp-steps", type=int, default=None)
+  parser.add_argument("--tract-only", action="store_true",
+                      help="only the TrAct first-layer overhead rows")
   args = parser.parse_args(argv)
   quick = args.quick
   iters = args.iters or (2 if quick else 5)
@@ -152,6 +231,9 @@ def main(argv=None):
   rank = args.rank or (8 if quick else 32)
   k = args.update_every
   mlp_steps = args.mlp_steps or (30 if quick else 1000)
+  tract_iters = args.iters or (2 if quick else 20)
+  if args.tract_only:
+    return _report_tract(tract_overhead(quick, tract_iters, repeats), args.out, quick)
 
   params = make_params(quick, jax.random.PRNGKey(0))
   grads = jax.tree.map(lambda p: 0.01 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
@@ -215,10 +297,33 @@ def main(argv=None):
           f"every {k} steps")
   print(f"MNIST-1D MLP, {mlp_steps} steps, final train loss: "
         + ", ".join(f"{n} {v:.4f}" for n, v in mlp.items()))
+  result["tract"] = tract_overhead(quick, tract_iters, repeats)
+  _print_tract(result["tract"])
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
   print(f"wrote {args.out}")
+  return result
+
+
+def _print_tract(rows: dict) -> None:
+  print(f"TrAct first layer vs plain, whole train step with optax.adam:\n"
+        f"{'model':32s} {'batch':>5s} {'plain ms':>9s} {'TrAct ms':>9s} {'ratio':>6s}")
+  for name, r in rows.items():
+    print(f"{name:32s} {r['batch']:5d} {1e3 * r['plain_step_s']:9.3f} "
+          f"{1e3 * r['tract_step_s']:9.3f} {r['tract_vs_plain']:6.2f}")
+
+
+def _report_tract(rows: dict, out: str, quick: bool) -> dict:
+  """--tract-only: prints the rows and writes them beside `out` (optim_step_tract.json)."""
+  _print_tract(rows)
+  result = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+            "cpu_count": os.cpu_count(), "jax": jax.__version__, "quick": quick, "tract": rows}
+  path = os.path.splitext(out)[0] + "_tract.json"
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {path}")
   return result
 
 

@@ -1,4 +1,6 @@
 """The optimizer benchmark study runs end to end on a tiny setting; its scoring and evaluation."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,3 +157,18 @@ def test_annealing_law_predicts_unseen_schedules_with_their_cooldown_drop(tmp_pa
         no_anneal.predict(lrs, steps - 1), lrs, steps - 1,
         int(config.law.drop_window_fraction * n), n // 100)
     assert drop_s1_only <= 0.5 * row["drop_measured"], (name, drop_s1_only, row)
+
+
+@pytest.mark.parametrize("arg, match", [
+    ("law.decay=1.0", r"'law.decay': 1.0; allowed: 0 <= x < 1"),
+    ("law.eval_every_steps=7", r"'law.eval_every_steps': 7 does not divide law.num_steps=3000"),
+    ("law.optimizer=normalized_gd", r"'law.optimizer': .*margins"),
+    ("eval_every_steps=30", r"'eval_every_steps': 30 does not divide num_steps=400"),
+])
+def test_bad_law_and_eval_keys_refused_before_compile_or_write(tmp_path, compiles, arg, match):
+  workdir = tmp_path / "wd"
+  with pytest.raises(ValueError, match=match):
+    run.main(["--config=experiments/configs/optimizer_benchmark.py:quick", f"--workdir={workdir}",
+              f"--config.{arg}"])
+  assert compiles == []
+  assert not workdir.exists() or not os.listdir(workdir)

@@ -21,7 +21,8 @@ Expected (measured, seed 0, MNIST-1D 1,000 training signals, 2×200 tanh, MSE):
   1.002 / 1.019 / 1.024; η = 0.06 reaches 0.9·2/η at step 1,900 and 1,500
   (seed 1's last half starts before it is at the edge, hence 0.968, and its
   loss rises on only 2% of the last half's intervals); after first reaching
-  2/η every run's median ratio is 1.01-1.03.
+  2/η every run's median ratio is 1.01-1.03. Seeds 3 and 4: 1.007 / 1.021 /
+  1.024 and 1.012 / 1.025 / 1.026.
   full (4,000 training signals, 16,000 steps each, sharpness every 40 steps;
   11 min 3 s wall on an idle 2-core machine, OPENBLAS_NUM_THREADS=1): median
   λ_max·η/2 over the last half = 1.007 / 1.012 / 1.014 (max 1.026 / 1.023 /

@@ -3,6 +3,7 @@
 Run:  python benchmarks/spectral.py            # full (15-40 minutes on a 2-core CPU)
       python benchmarks/spectral.py --quick    # tiny model, seconds; torch optional
       python benchmarks/spectral.py --costs-only   # only HVP/grad and Lanczos overhead
+      python benchmarks/spectral.py --costs-only --batches 1024   # one batch size of it
       python benchmarks/spectral.py --only cnn,first_call   # only those rows
       python benchmarks/spectral.py --only big   # the 1.1M-parameter row, three libraries
 
@@ -26,9 +27,11 @@ both. Every number is compared at equal accuracy against a reference:
     relative error <= 1e-3 (its fastest tol among 1e-3, 1e-4), construction included; then our warm call and a call with a new num_iters;
   * CNN: 20 Lanczos steps on SmallCNN (Conv-BatchNorm-ReLU x2, eval mode at fixed
     batch statistics) on 256 sklearn digits, per call after compile: one batch,
-    [batch], 4 batches of 64, and the old fused path (the product inside Lanczos's
-    jitted while loop), where XLA:CPU ran the convolutions' backward pass in a
-    naive non-canonical form. Target: one batch <= 1.2x the list;
+    [batch], 4 batches of 64, a user's own HVP as a plain ``Partial`` and
+    ``batch_lr.preconditioned_hessian_vp`` (both once run inside Lanczos's jitted
+    while loop, where XLA:CPU ran the convolutions' backward pass in a naive
+    form, 27-29x slower; now driven from Python like the operators). Target: one
+    batch <= 1.2x the list;
   * big: top-1 and top-5 eigenvalues of the 1.1M-parameter MLP (the --costs-only
     model, trained 20 steps, batch 1024): time to 1e-3 relative error for our
     top_eigenpairs, hessian-eigenthings' Lanczos and PyHessian's power iteration,
@@ -720,13 +723,16 @@ def bench_cnn(cfg):
   """Per-call time (after compile) of Lanczos on SmallCNN: one batch vs a list of batches.
 
   SmallCNN in eval mode at its initial batch statistics (the contract loss at
-  fixed state). ``fused`` passes a plain ``Partial`` matvec, which Lanczos runs
-  inside its jitted while loop: the path single batches took before (the
-  product fused into the loop), kept here to show what it costs.
+  fixed state). ``plain Partial`` passes the user's own forward-over-reverse
+  HVP as a ``Partial``, and ``preconditioned`` the Adam-preconditioned operator
+  of :mod:`jaxlab.spectral.batch_lr` (D = 2 everywhere): both once ran inside
+  Lanczos's jitted while loop (27-29x slower on this model); all rows are now
+  driven from Python, one compiled product per step.
   """
   from sklearn.datasets import load_digits
 
   from jaxlab.models import cnn
+  from jaxlab.spectral import batch_lr
 
   d = load_digits()
   n = cfg["cnn_examples"]
@@ -744,8 +750,11 @@ def bench_cnn(cfg):
   forms = {"one batch": lambda: ops.hessian_vp(loss, params, batch, state=state),
            "[batch]": lambda: ops.hessian_vp(loss, params, [batch], state=state),
            f"{k} batches": lambda: ops.hessian_vp(loss, params, parts, state=state),
-           "fused (old single-batch path)": lambda: Partial(
-               _fused_hvp, ops.probe_loss(loss, state=state), params, batch)}
+           "plain Partial": lambda: Partial(
+               _fused_hvp, ops.probe_loss(loss, state=state), params, batch),
+           "preconditioned": lambda: batch_lr.preconditioned_hessian_vp(
+               ops.probe_loss(loss, state=state), params, batch,
+               jax.tree.map(lambda a: jnp.full_like(a, 2.0), params))}
   rows = {}
   runs = {name: (lambda make=make: block(lanczos(make(), params, m, jax.random.key(0)).alphas))
           for name, make in forms.items()}
@@ -755,8 +764,6 @@ def bench_cnn(cfg):
     rows[name] = dict(first_s=time.perf_counter() - t0, warm_s=np.inf)
   for _ in range(cfg["cnn_repeats"]):  # round robin: load changes hit every form alike
     for name, run in runs.items():
-      if name.startswith("fused") and rows[name]["warm_s"] < np.inf:
-        continue  # one warm call of the slow path is enough
       t0 = time.perf_counter()
       run()
       rows[name]["warm_s"] = min(rows[name]["warm_s"], time.perf_counter() - t0)
@@ -764,7 +771,8 @@ def bench_cnn(cfg):
   return dict(num_params=int(n_params), examples=n, lanczos_iters=m, rows=rows,
               single_over_list=single / listed,
               single_over_k_batches=single / rows[f"{k} batches"]["warm_s"],
-              fused_over_single=rows["fused (old single-batch path)"]["warm_s"] / single)
+              partial_over_single=rows["plain Partial"]["warm_s"] / single,
+              preconditioned_over_single=rows["preconditioned"]["warm_s"] / single)
 
 
 def print_first_call(f):
@@ -796,8 +804,9 @@ def print_cnn(c):
   for name, r in c["rows"].items():
     print(f"| {name} | {r['first_s']:.2f} | {r['warm_s']:.3f} |")
   print(f"one batch / [batch] = {c['single_over_list']:.2f}x (target <= 1.2x); one batch / "
-        f"list of batches = {c['single_over_k_batches']:.2f}x; old fused path / one batch = "
-        f"{c['fused_over_single']:.1f}x")
+        f"list of batches = {c['single_over_k_batches']:.2f}x; plain Partial / one batch = "
+        f"{c['partial_over_single']:.2f}x; preconditioned / one batch = "
+        f"{c['preconditioned_over_single']:.2f}x")
 
 
 # ---------------------------------------------------------------------------
@@ -841,6 +850,9 @@ def main(argv=None):
   ap.add_argument("--costs-only", action="store_true",
                   help="only the HVP/gradient and Lanczos-overhead measurements (writes "
                        "spectral_costs[_quick].json)")
+  ap.add_argument("--batches", default=None,
+                  help="with --costs-only: comma list of batch sizes (default: the config's "
+                       "big_batches)")
   ap.add_argument("--only", default=None,
                   help=f"comma list of rows to run alone ({', '.join(ROWS)}); writes "
                        "spectral_rows[_quick].json")
@@ -848,6 +860,14 @@ def main(argv=None):
                   "[_quick].json)")
   args = ap.parse_args(argv)
   cfg = QUICK if args.quick else FULL
+  if args.batches is not None:
+    try:
+      batches = tuple(int(b) for b in args.batches.split(","))
+    except ValueError:
+      batches = ()
+    if not batches or min(batches) < 1 or not args.costs_only:
+      ap.error(f"--batches {args.batches!r}; allowed: a comma list of ints >= 1, with --costs-only")
+    cfg = dict(cfg, big_batches=batches)
   out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                       "spectral_quick.json" if args.quick else "spectral.json")
 

@@ -258,6 +258,7 @@ class _Carry(NamedTuple):
   beta_prev: jax.Array  # ()
   j: jax.Array  # int32 (), steps done: V[j] is the next vector to multiply
   seed: jax.Array  # uint32 (), for restart vectors
+  broke: jax.Array  # bool (), the last step reached an invariant subspace: restart pending
 
 
 def _init(x0: jax.Array, seed: jax.Array, rows: int) -> tuple[jax.Array, _Carry]:
@@ -266,7 +267,8 @@ def _init(x0: jax.Array, seed: jax.Array, rows: int) -> tuple[jax.Array, _Carry]
   x = to_chunks(x0, chunk_shape(x0.shape[0]))
   V = _set_row(jnp.zeros((x.shape[0], rows, x.shape[1]), dt), 0, x / _norm(x))
   z = jnp.zeros((rows,), dt)
-  return V, _Carry(z, z, jnp.zeros((), dt), jnp.zeros((), jnp.int32), seed)
+  return V, _Carry(z, z, jnp.zeros((), dt), jnp.zeros((), jnp.int32), seed,
+                   jnp.zeros((), bool))
 
 
 def _start_vector(key, salt, v0, spec, dtype, dist):
@@ -279,8 +281,7 @@ def _start_vector(key, salt, v0, spec, dtype, dist):
   return draw(_mix(s ^ jnp.uint32(1)), n, dtype), _mix(s ^ jnp.uint32(2))
 
 
-def _update(V: jax.Array, c: _Carry, av: jax.Array, reorth: bool, n: int
-            ) -> tuple[jax.Array, _Carry]:
+def _update(V: jax.Array, c: _Carry, av: jax.Array, reorth: bool) -> tuple[jax.Array, _Carry]:
   """One Lanczos step given av = A v_j, chunked (K, C) (Paige's variant; Golub & Van Loan
   Alg. 10.1.1).
 
@@ -296,7 +297,11 @@ def _update(V: jax.Array, c: _Carry, av: jax.Array, reorth: bool, n: int
   at n = 1e6 in float32 and took genuine residuals for breakdown.) A residual
   the test misses, e.g. the noise of a float32 matvec, is harmless: it is
   orthogonalized like any other and enters T with its own tiny β, so
-  T = Vᵀ A V still holds to the operator's accuracy.
+  T = Vᵀ A V still holds to the operator's accuracy. On breakdown the step
+  records β_j = 0 and sets ``broke``; the caller then replaces row j + 1 with
+  :func:`_restart`. (Restarting inside the step, under a ``lax.cond`` holding
+  the basis, doubled the step's compile time and made XLA:CPU copy the basis
+  every step: 11.9 against 2.8 ms a step at n = 99k, 32 rows.)
   """
   j = c.j
   v = _row(V, j)
@@ -309,35 +314,27 @@ def _update(V: jax.Array, c: _Carry, av: jax.Array, reorth: bool, n: int
   beta = _norm(w)
   scale = _norm(av) + jnp.abs(alpha) + c.beta_prev
   breakdown = beta <= _BREAKDOWN * jnp.finfo(w.dtype).eps * scale
-
-  def restart(_):
-    # Invariant subspace reached: continue with a random vector orthogonal to
-    # the basis and record beta = 0, which keeps T = Vᵀ A V exact.
-    k, cc = w.shape
-    r = _uniform(_mix(c.seed ^ _mix(j.astype(jnp.uint32))), k * cc, w.dtype).reshape(k, cc)
-    r = jnp.where(jnp.arange(k * cc).reshape(k, cc) < n, r, 0)  # zero padding stays zero
-    r = _gs(V, _gs(V, r))
-    return r / _norm(r), jnp.zeros((), w.dtype)
-
-  v_next, beta = jax.lax.cond(breakdown, restart,
-                              lambda _: (w / jnp.where(beta > 0, beta, 1), beta), None)
+  v_next = w / jnp.where(beta > 0, beta, 1)
+  beta = jnp.where(breakdown, jnp.zeros((), w.dtype), beta)
   V = _set_row(V, j + 1, v_next)
-  return V, _Carry(c.alphas.at[j].set(alpha), c.betas.at[j].set(beta), beta, j + 1, c.seed)
+  return V, _Carry(c.alphas.at[j].set(alpha), c.betas.at[j].set(beta), beta, j + 1, c.seed,
+                   breakdown)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "rows", "dtype", "dist", "reorth"))
-def _lanczos_fused(matvec, key, salt, v0, num_iters, spec, rows, dtype, dist, reorth):
-  """The whole run in one jit (a plain matvec: fused into the loop); num_iters is traced."""
-  mv = ops.linearized(matvec)  # primal work once, not once per step
-  n, kc = spec.size, chunk_shape(spec.size)
+def _restart_row(V: jax.Array, c: _Carry, n: int) -> jax.Array:
+  """V with row c.j replaced by a random unit vector orthogonal to rows 0..c.j−1.
 
-  def body(_, state):
-    V, c = state
-    av = flat_apply(mv, from_chunks(_row(V, c.j), n), spec)
-    return _update(V, c, to_chunks(av, kc), reorth, n)
-
-  x0, seed = _start_vector(key, salt, v0, spec, dtype, dist)
-  return jax.lax.fori_loop(0, num_iters, body, _init(x0, seed, rows))
+  After a breakdown at step j = c.j − 1 (an invariant subspace): continuing from
+  such a vector with β_j = 0 recorded keeps T = Vᵀ A V exact. Two Gram-Schmidt
+  passes, as the random vector may lie largely in the basis.
+  """
+  j = c.j
+  V = _set_row(V, j, jnp.zeros(V.shape[::2], V.dtype))
+  k, cc = V.shape[0], V.shape[2]
+  r = _uniform(_mix(c.seed ^ _mix((j - 1).astype(jnp.uint32))), k * cc, V.dtype).reshape(k, cc)
+  r = jnp.where(jnp.arange(k * cc).reshape(k, cc) < n, r, 0)  # zero padding stays zero
+  r = _gs(V, _gs(V, r))
+  return _set_row(V, j, r / _norm(r))
 
 
 def once_jit(fun: Callable, **jit_kwargs) -> Callable:
@@ -364,6 +361,14 @@ def _start(key, salt, v0, spec, rows, dtype, dist):
   return V, c, ops.unravel(from_chunks(_row(V, 0), spec.size), spec)
 
 
+@functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=0)
+def _restart(V, c, spec):
+  """Replace row c.j after a breakdown (see :func:`_restart_row`); compiled only when needed."""
+  V = _restart_row(V, c, spec.size)
+  return V, c._replace(broke=jnp.zeros((), bool)), ops.unravel(from_chunks(_row(V, c.j), spec.size),
+                                                               spec)
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "reorth"), donate_argnums=0)
 def _step(V, c, av, spec, reorth):
   """One host-driven step: flatten ``A v_j``, update, return ``v_{j+1}`` as a pytree.
@@ -372,7 +377,7 @@ def _step(V, c, av, spec, reorth):
   basis is donated, so the row written each step updates it in place.
   """
   av = to_chunks(ops.ravel(av, spec, V.dtype), chunk_shape(spec.size))
-  V, c = _update(V, c, av, reorth, spec.size)
+  V, c = _update(V, c, av, reorth)
   return V, c, ops.unravel(from_chunks(_row(V, c.j), spec.size), spec)
 
 
@@ -408,12 +413,21 @@ def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, d
                 stop: Callable | None = None) -> tuple[jax.Array, _Carry, int]:
   """Lanczos from a hashed start vector of the key (or the pytree v0), inside the caller's x64 scope.
 
+  Every run is driven from Python: the product is its own compiled program
+  (:func:`tree_product`), then one jitted :func:`_step`. A product fused into
+  a jitted ``fori_loop`` ran convolutions in a naive form on XLA:CPU (27x slower
+  for 20 steps on SmallCNN, 29x for ``preconditioned_hessian_vp`` there),
+  recompiled the whole loop for each new matvec, and was even slower on a plain
+  diagonal matvec at n = 1e5 (2.4 s against 0.78 s for 100 steps, 2-core CPU
+  under load); a host-driven step costs two dispatches (about 90 µs a step
+  measured at n = 1000).
+
   ``stop(carry, j)``, if given, is asked on the host after each step j < num_iters
-  and ends the run when true (the host-driven loop is used); the basis then starts
+  and ends the run when true; the basis then starts
   with at most 32 rows and is padded to ``basis_rows(num_iters)`` only if the run
   gets that far, so a run that stops early shares the compiled step of short
   runs and sweeps a small basis. A large basis (``basis_rows(num_iters) · n``
-  of 256 MB or more, reorthogonalized) is also driven from Python and grows
+  of 256 MB or more, reorthogonalized) grows
   through the buckets 8, 16, 32, 64, 96, ... as the run fills them: each
   Gram-Schmidt pass streams the whole basis array, so this halves the average
   work of a long run (about 74 rows streamed per step instead of 128 over
@@ -425,10 +439,6 @@ def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, d
   rows = basis_rows(num_iters)
   dt = np.dtype(dtype)
   big = reorth and rows * spec.size * dt.itemsize >= _GROW_BYTES
-  if stop is None and not big and not getattr(matvec, "host_loop", False):
-    V, c = _lanczos_fused(as_partial(matvec), key, salt, v0, num_iters, spec=spec, rows=rows,
-                          dtype=dt, dist=dist, reorth=reorth)
-    return V, c, num_iters
   product = tree_product(matvec)
   start = rows
   if big:
@@ -440,6 +450,8 @@ def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, d
     if j == V.shape[1]:  # this step writes row j
       V, c = _grow(V, c, rows=basis_rows(j) if big else rows)
     V, c, x = _step(V, c, product(x), spec=spec, reorth=reorth)
+    if j < num_iters and bool(c.broke):  # an invariant subspace (rare): restart the basis
+      V, c, x = _restart(V, c, spec=spec)
     if stop is not None and j < num_iters and stop(c, j):
       return V, c, j
   return V, c, num_iters
@@ -469,12 +481,12 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
     its own step, ``β_j ≤ 2 eps (‖A v_j‖ + |α_j| + β_{j−1})`` (no dependence on
     n; see ``_update``). The basis is one array of :func:`basis_rows` rows
     (m + 1 rounded up to a bucket, zeros beyond), so nearby m share every
-    compiled piece; it is stored chunk-major, (K, rows, C) with K·C ≥ n. A
-    plain callable runs in one jitted ``lax.fori_loop``; a host-loop operator
-    (``hessian_vp``/``ggn_vp`` of one batch or a data set) and any run with a
-    basis of 256 MB or more are driven from Python, one jitted step per
-    iteration (flatten, update, unflatten the next vector; the basis donated),
-    a large basis growing by buckets as it fills (see ``run_lanczos``). The start
+    compiled piece; it is stored chunk-major, (K, rows, C) with K·C ≥ n. The
+    loop is driven from Python: the product (any callable, or a
+    ``hessian_vp``/``ggn_vp`` operator of one batch or a data set) is its own
+    compiled program, then one jitted step per iteration (flatten, update,
+    unflatten the next vector; the basis donated), a large basis growing by
+    buckets as it fills (see ``run_lanczos``). The start
     vector is uniform on (−1, 1) per entry, hashed from the key's bits rather
     than drawn with ``jax.random`` (threefry took 0.5-0.7 s to compile for a
     first call on a 2-core CPU).

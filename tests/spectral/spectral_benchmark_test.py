@@ -81,7 +81,8 @@ def test_cnn_and_first_call_rows(tmp_path, capsys):
   assert "one batch / [batch]" in printed and "first call s" in printed
   res = json.loads(out.read_text())
   cnn = res["cnn"]
-  assert set(cnn["rows"]) == {"one batch", "[batch]", "4 batches", "fused (old single-batch path)"}
+  assert set(cnn["rows"]) == {"one batch", "[batch]", "4 batches", "plain Partial",
+                              "preconditioned"}
   assert all(r["warm_s"] > 0 and r["first_s"] > 0 for r in cnn["rows"].values())
   first = res["first_call"]
   # a float32 Lanczos of 60 steps on a 1,443-dimensional operator: converged to rounding

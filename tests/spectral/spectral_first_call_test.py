@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 import spectral_models as sm
+from jax.tree_util import Partial
 
 from jaxlab.spectral import eigen
 from jaxlab.spectral import operators as ops
@@ -114,20 +115,37 @@ def test_bad_tol_raises():
 
 def test_large_basis_grows_by_buckets_with_the_same_recurrence(monkeypatch):
   """A basis above the size threshold is driven from Python and grows 8 -> 16 -> 32 -> 64;
-  the recurrence is the fused run's, step for step (other buckets: float32 rounding)."""
+  the recurrence is the one-bucket run's, step for step (other buckets: float32 rounding)."""
   mod = sys.modules["jaxlab.spectral.lanczos"]
   rng = np.random.default_rng(0)
   lam = np.concatenate([[10.0, 8.0, 6.0], rng.uniform(0.0, 1.0, 997)]).astype(np.float32)
   d = jax.numpy.asarray(lam)
   x = jax.numpy.zeros(lam.size, np.float32)
-  fused = lanczos(lambda v: d * v, x, 40, jax.random.key(0), return_basis=True)
+  plain = lanczos(lambda v: d * v, x, 40, jax.random.key(0), return_basis=True)
   sizes = []
   grow = mod._grow
   monkeypatch.setattr(mod, "_grow", lambda V, c, rows: (sizes.append(rows), grow(V, c, rows))[1])
   monkeypatch.setattr(mod, "_GROW_BYTES", 1)
   grown = lanczos(lambda v: d * v, x, 40, jax.random.key(0), return_basis=True)
   assert sizes == [16, 32, 64], sizes
-  np.testing.assert_allclose(grown.alphas, fused.alphas, rtol=1e-5)
-  np.testing.assert_allclose(grown.betas, fused.betas, rtol=1e-4)
+  np.testing.assert_allclose(grown.alphas, plain.alphas, rtol=1e-5)
+  np.testing.assert_allclose(grown.betas, plain.betas, rtol=1e-4)
   G = np.asarray(grown.basis, np.float64)
   assert np.abs(G @ G.T - np.eye(40)).max() <= 1e-6
+
+
+def _scaled(d, v):
+  return d * v
+
+
+def test_plain_partial_matvec_compiles_once_per_shape(compiles):
+  """A plain ``Partial`` matvec is driven from Python like the operators (its product one
+  compiled program, its data an argument): new data of the same shape compiles nothing."""
+  x = jax.numpy.zeros(300, np.float32)
+  d1 = jax.numpy.linspace(0.0, 1.0, 300, dtype=np.float32)
+  d2 = 2 * d1  # (an op-by-op multiply compiles too)
+  first = lanczos(Partial(_scaled, d1), x, 20, jax.random.key(0))
+  del compiles[:]
+  second = lanczos(Partial(_scaled, d2), x, 20, jax.random.key(0))
+  assert compiles == [], compiles
+  np.testing.assert_allclose(second.alphas, 2 * first.alphas, rtol=1e-5)

@@ -185,6 +185,25 @@ def icl_linreg(config, seed: int) -> Workload:
 BUILD = {"mnist1d_mlp": mnist1d_mlp, "digits_cnn": digits_cnn, "icl_linreg": icl_linreg}
 
 
+def param_shapes(config) -> dict:
+  """Each workload's parameter shapes (`jax.eval_shape`: no data, nothing compiled)."""
+  c = config.mnist1d_mlp
+  dim, classes = checks.MNIST1D_DIMS
+  mlp = models.mlp(dim, c.hidden_sizes, classes)
+  cnn = models.SmallCNN(features=tuple(config.digits_cnn.features), num_classes=10,
+                        dropout_rate=0.0, batch_norm=False)
+  i = config.icl_linreg
+  icl = ICLTransformer(num_layers=i.num_layers, num_heads=i.num_heads, width=i.width,
+                       max_points=i.n_points)
+  return {
+      "mnist1d_mlp.hidden_sizes": jax.eval_shape(lambda: mlp.init(jax.random.key(0))),
+      "digits_cnn.features": jax.eval_shape(
+          lambda: cnn.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]),
+      "icl_linreg.width": jax.eval_shape(
+          lambda: icl.init(jax.random.key(0), jnp.zeros((1, i.n_points, i.dim)), jnp.zeros((1, i.n_points)))),
+  }
+
+
 # ---------------------------------------------------------------- runs
 
 

@@ -102,6 +102,18 @@ def load_workload(name: str, config) -> data.Dataset:
                      x_test=((ds.x_test - mean) / std).astype(np.float32))
 
 
+def param_shapes(config) -> dict:
+  """Each workload's parameter shapes (`jax.eval_shape`: no data, nothing compiled)."""
+  cnn = models.SmallCNN(features=tuple(config.cnn.features), num_classes=10,
+                        dropout_rate=config.cnn.dropout_rate, batch_norm=config.cnn.batch_norm)
+  mlp = models.mlp(checks.MNIST1D_DIMS[0], tuple(config.mlp.hidden_sizes), 10)
+  return {
+      "cnn.features": jax.eval_shape(
+          lambda: cnn.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]),
+      "mlp.hidden_sizes": jax.eval_shape(lambda: mlp.init(jax.random.key(0))),
+  }
+
+
 def build_model(name: str, config, tract_lam: float | None, input_dim: int):
   """(init(key, x) -> (params, state), loss(params, state, batch, key) -> (loss, state), logits)."""
   if name == "cnn_digits":

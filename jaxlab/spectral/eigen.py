@@ -94,8 +94,10 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
   data-set operator the k products are k more passes over the data. With
   ``tol``, one host synchronization per step. First call (compile included) of
   ``k=1, num_iters=20`` on the benchmark's 99k-parameter MLP, 2-core CPU:
-  3.2 s (before these changes 4.8 s), median of 3 fresh processes on a loaded machine
-  (load average 6); PyHessian took 0.8 s to tol 1e-4 there (the fastest reaching 1e-3).
+  about 2 s (1.98 s lightly loaded, 2.2–2.5 s at load ~8), against about 1.1 s
+  for PyHessian to the same accuracy when measured lightly loaded; see the
+  first-call rows of benchmarks/RESULTS.md. Once compiled, a call is several
+  times faster than PyHessian's.
 
   Args:
     matvec: symmetric linear map ``pytree -> pytree`` (e.g. :func:`hessian_vp`).

@@ -60,6 +60,7 @@ def get_config(arg=None):
   if opts.tiny:  # one compiled program per method: the conv + BatchNorm path
     c.workloads = ("cnn_digits",)
     c.optimizers = ("momentum",)
+    c.contrasts = (1.0, 0.1)
     c.num_seeds = 2
     c.num_steps = 40
     c.eval_every_steps = 10

@@ -22,15 +22,7 @@ SCHEDULES = ("cosine", "wsd")
 
 
 def validate(config) -> None:
-  for name in config.optimizers:
-    if name not in optim.NAMES:
-      raise ValueError(f"config key 'optimizers': {name!r} is not registered; "
-                       f"allowed: {list(optim.NAMES)}")
-    if name not in config.base_lrs or not config.base_lrs[name] > 0:
-      raise ValueError(f"config key 'base_lrs.{name}': needs a learning rate > 0")
-  for s in config.schedules:
-    if s not in SCHEDULES:
-      raise ValueError(f"config key 'schedules': {s!r}; allowed: {list(SCHEDULES)}")
+  optimizer_benchmark.validate_sweep(config, SCHEDULES)
   if not config.lr_factors or min(config.lr_factors) <= 0:
     raise ValueError(f"config key 'lr_factors': {config.lr_factors!r}; allowed: positive floats")
   for key in ("budget_steps", "batch_size", "eval_every_steps", "checkpoint_every_steps"):

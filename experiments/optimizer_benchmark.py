@@ -21,7 +21,8 @@ from jaxlab.train import checks, io, recipes  # noqa: E402
 SCHEDULES = ("constant", "cosine", "linear", "wsd", "rex")
 
 
-def validate(config) -> None:
+def validate_sweep(config, schedules=SCHEDULES) -> None:
+  """The keys `optimizers`, `base_lrs` and `schedules` (also used by the autolrs study)."""
   for name in config.optimizers:
     if name not in optim.NAMES:
       raise ValueError(f"config key 'optimizers': {name!r} is not registered; "
@@ -29,8 +30,12 @@ def validate(config) -> None:
     if name not in config.base_lrs or not config.base_lrs[name] > 0:
       raise ValueError(f"config key 'base_lrs.{name}': needs a learning rate > 0")
   for s in config.schedules:
-    if s not in SCHEDULES:
-      raise ValueError(f"config key 'schedules': {s!r}; allowed: {list(SCHEDULES)}")
+    if s not in schedules:
+      raise ValueError(f"config key 'schedules': {s!r}; allowed: {list(schedules)}")
+
+
+def validate(config) -> None:
+  validate_sweep(config)
   checks.choice(config, "refine_optimizer", config.optimizers)
   validate_law(config)
   if not config.lr_factors or min(config.lr_factors) <= 0:

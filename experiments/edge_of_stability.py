@@ -21,6 +21,7 @@ import optax
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from jaxlab import data, models, spectral, train  # noqa: E402
 from jaxlab.spectral import studies  # noqa: E402
@@ -131,8 +132,9 @@ def plot(curves: dict, workdir: str) -> None:
     ax_s.plot(s_steps, sharp, color=color, label=f"η = {lr:g}")
     ax_s.axhline(2.0 / lr, color=color, ls="--", lw=1)
   ax_l.set(xlabel="step", ylabel="train loss", yscale="log", title="full-batch GD: loss")
-  ax_s.set(xlabel="step", ylabel="λ_max", title="sharpness (dashed: 2/η)")
-  ax_l.legend()
-  ax_s.legend()
-  fig.tight_layout()
+  ax_s.set(xlabel="step", ylabel="λ_max (Lanczos)", title="sharpness (dashed: 2/η)")
+  for ax in (ax_l, ax_s):  # at most 6 step ticks: 16,000-step labels do not run together
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(6, integer=True))
+  fig.legend(*ax_s.get_legend_handles_labels(), loc="lower center", ncol=len(curves))
+  fig.tight_layout(rect=(0, 0.08, 1, 1))
   io.save_figure(fig, workdir, "sharpness")

@@ -20,6 +20,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from jaxlab import data, models, spectral, train  # noqa: E402
 from jaxlab.spectral import studies  # noqa: E402
@@ -174,18 +175,37 @@ def plot(summary: dict, densities: dict, workdir: str) -> None:
   ax.set(xlabel="rank i", ylabel="λ_i", title="top Hessian eigenvalues (dotted: gap rule)")
   ax.legend(fontsize=7)
   io.save_figure(fig, workdir, "top_eigenvalues")
-  fig, axes = plt.subplots(1, len(densities), figsize=(3 * len(densities), 3), squeeze=False)
-  for ax, (name, (nodes, weights)) in zip(axes[0], densities.items(), strict=True):
+  # A grid of at most 4 columns (8 arms in one row made a 2,600-pixel strip).
+  ncols = min(4, len(densities))
+  nrows = -(-len(densities) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(3.5 * ncols, 2.8 * nrows), squeeze=False)
+  for ax, (name, (nodes, weights)) in zip(axes.flat, densities.items(), strict=False):
     dens = spectral.SpectralDensity(nodes, weights)
     spectral.plot_density(dens, ax=ax)
     ax.set_title(name, fontsize=8)
+    ax.set_ylabel("density", fontsize=8)
+  for ax in axes.flat[len(densities):]:
+    ax.set_visible(False)
   fig.tight_layout()
   io.save_figure(fig, workdir, "density")
   sw = summary["width_sweep"]
+  widths = np.asarray(sw["widths"])
+  outliers = [np.asarray(sw["arms"][str(w)]["top_eigenvalues"])[:int(c)]
+              for w, c in zip(sw["widths"], sw["outlier_count"], strict=True)]
+  mean = np.asarray(sw["mean_outlier"])
+  lo = mean - np.array([o.min() for o in outliers])
+  hi = np.array([o.max() for o in outliers]) - mean
   fig, ax = plt.subplots(figsize=(5, 3.5))
-  ax.loglog(sw["widths"], sw["bulk_edge"], "o-", label="bulk edge λ_{k+1}")
-  ax.loglog(sw["widths"], sw["mean_outlier"], "s-", label="mean outlier")
-  ax.set(xlabel="hidden width", ylabel="eigenvalue",
-         title=f"width sweep, mixture C={sw['num_classes']}")
-  ax.legend()
+  ax.plot(widths, sw["bulk_edge"], "o-", label="bulk edge λ_{k+1}")
+  ax.errorbar(widths, mean, yerr=(lo, hi), fmt="s-", capsize=3,
+              label="outliers: mean, bars min–max")
+  ax.set(xscale="log", yscale="log", xlabel="hidden width", ylabel="eigenvalue",
+         title=f"width sweep, mixture C={sw['num_classes']} (one seed)")
+  ax.set_xticks(widths, [str(w) for w in widths])  # the widths themselves, no 10^k labels
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
+  ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))  # 0.1, 0.2, 0.5, 1, ...
+  ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+  ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+  ax.legend(fontsize=8)
+  fig.tight_layout()
   io.save_figure(fig, workdir, "width_sweep")

@@ -50,6 +50,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from jaxlab import data, models, spectral  # noqa: E402
 from jaxlab.spectral import studies  # noqa: E402
 from jaxlab.train import checks, io  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 OPTIMIZERS = {"sgd": optax.identity, "adam": optax.scale_by_adam}
 LOSSES = ("cross_entropy", "mse")
@@ -91,6 +92,11 @@ def validate(config) -> None:
   if config.sharpness.num_examples > config.data.num_train:
     raise ValueError(f"config key 'sharpness.num_examples': {config.sharpness.num_examples}; "
                      f"allowed: at most data.num_train ({config.data.num_train})")
+  mesh_lib.resolve(config.mesh.data, config.mesh.fsdp)
+  if config.mesh.fsdp != 1:
+    raise ValueError(f"config key 'mesh.fsdp': {config.mesh.fsdp}; allowed: 1 (the learning "
+                     "rates of a grid are split whole over the devices, mesh.data; no run's "
+                     "parameters are sharded)")
   if config.train.num_steps % config.sharpness.every_steps:
     raise ValueError(f"config key 'sharpness.every_steps': {config.sharpness.every_steps}; "
                      f"allowed: a divisor of train.num_steps ({config.train.num_steps})")
@@ -168,8 +174,14 @@ def make_trainer(loss, base: optax.GradientTransformation, scales: dict, x, y):
   return run
 
 
-def lr_grid_losses(run, loss, params, base, lrs, idx, x, y) -> tuple[np.ndarray, float]:
-  """(final full-train loss per lr, the first mini-batch loss), all lrs in one program."""
+def lr_grid_losses(run, loss, params, base, lrs, idx, x, y,
+                   mesh=None) -> tuple[np.ndarray, float]:
+  """(final full-train loss per lr, the first mini-batch loss), all lrs in one program.
+
+  With a `mesh` of several devices the grid's learning rates are split over
+  them (`jaxlab.train.mesh.put_split`; the grid padded with copies of its last
+  rate to a multiple of the device count): each device trains its own rates.
+  """
 
   @jax.jit
   def grid(lrs):
@@ -178,8 +190,13 @@ def lr_grid_losses(run, loss, params, base, lrs, idx, x, y) -> tuple[np.ndarray,
       return loss(p, x, y), curve
     return jax.vmap(one)(lrs)
 
-  final, curves = grid(lrs)
-  return np.asarray(final, np.float64), float(curves[0, 0])
+  n = lrs.shape[0]
+  if mesh is not None and mesh.size > 1:
+    pad = mesh_lib.padded_size(n, mesh) - n
+    lrs = np.asarray(lrs)
+    lrs = mesh_lib.put_split(np.concatenate([lrs, np.repeat(lrs[-1:], pad)]), mesh)
+  final, curves = mesh_lib.to_host(grid(lrs))
+  return np.asarray(final[:n], np.float64), float(curves[0, 0])
 
 
 @jax.jit
@@ -256,6 +273,7 @@ def main(config, workdir: str) -> dict:
   key_init, key_lanczos = jax.random.split(jax.random.key(config.seed))
   base = OPTIMIZERS[config.optimizer]()
   widths = tuple(config.widths)
+  mesh = mesh_lib.from_config(config)  # the learning-rate grid split over its devices
 
   def setup(p, w):
     model = models.mlp(ds.input_dim, (w,) * config.model.depth, ds.num_classes,
@@ -293,7 +311,7 @@ def main(config, workdir: str) -> dict:
       bar.set_postfix_str(f"{p} width {w}: {len(exps)} rates x {config.train.num_steps} steps")
       params, _, loss, run = arms[w]
       cell = cached(f"{p}_width_{w}_grid", lambda params=params, loss=loss, run=run: dict(zip(
-          ("final", "first"), lr_grid_losses(run, loss, params, base, lrs, idx, x, y),
+          ("final", "first"), lr_grid_losses(run, loss, params, base, lrs, idx, x, y, mesh),
           strict=True)))
       table.append(np.asarray(floats(cell["final"]), np.float64))
       initial.append(float(cell["first"]))

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxlab import ntk
 from jaxlab.train import io
+from jaxlab.train import mesh as mesh_lib
 
 
 def validate(config) -> None:
@@ -50,13 +51,19 @@ def validate(config) -> None:
   for key in ("weight_std", "bias_std", "output_std"):
     if not config[key] >= 0:
       bad(key, config[key], "a float >= 0")
+  mesh_lib.resolve(config.mesh.data, config.mesh.fsdp)
+  if config.mesh.fsdp != 1:
+    bad("mesh.fsdp", config.mesh.fsdp, "1 (the ensemble's members are split whole over the "
+        "devices, mesh.data; no member's parameters are sharded)")
 
 
 def param_shapes(config) -> dict:
   """{keys: abstract params} of the largest finite-width chunk (see checks.param_memory).
 
   `ntk.train_ensemble` trains `member_chunk` nets (at most finite_members,
-  rounded up to the device count) side by side, one (k, width) at a time.
+  rounded up to the device count) side by side, one (k, width) at a time; the
+  members are split over the mesh's devices (`mesh.data`), so a device holds
+  1/mesh.data of them.
   """
   from jaxlab.train import checks
 
@@ -114,6 +121,7 @@ def infinite_width_arm(config, key, logger):
 
 def finite_width_arm(config, key, logger, step0):
   out = {}
+  mesh = mesh_lib.from_config(config)  # the members split over its devices
   sizes = np.asarray(config.ensemble_sizes)
   step = step0
   for k in config.finite_ks:
@@ -132,8 +140,9 @@ def finite_width_arm(config, key, logger, step0):
       res = ntk.train_ensemble(jax.random.fold_in(key, 1000 * k + width), task.x_train,
                                task.y_train, task.x_test, n_members=config.finite_members,
                                width=width, steps=steps, learning_rate=lr,
-                               chunk_size=config.member_chunk, **_scales(config))
-      outs = np.asarray(res.outputs)
+                               chunk_size=config.member_chunk, mesh=mesh,
+                               **_scales(config))
+      outs, train_loss = mesh_lib.to_host((res.outputs, res.train_loss))
       scale = np.sqrt(np.mean(var_gp))
       mean_err = float(np.sqrt(np.mean((outs.mean(0) - mean_gp) ** 2)) / scale)
       var_err = float(np.mean(np.abs(outs.var(0) - var_gp[:, None])) / np.mean(var_gp))
@@ -143,7 +152,7 @@ def finite_width_arm(config, key, logger, step0):
       curve = [success(m) for m in sizes if m <= len(outs) // 2]
       at_bound = success(bound_all) if bound_all <= len(outs) // 2 else (None, None, 0)
       row = dict(width=width, lr=lr, steps=steps,
-                 train_loss=float(np.mean(np.asarray(res.train_loss))),
+                 train_loss=float(np.mean(train_loss)),
                  mean_rel_err=mean_err, var_rel_err=var_err,
                  success_one=[c[0] for c in curve], success_all=[c[1] for c in curve],
                  groups=[c[2] for c in curve], success_all_at_bound=at_bound[1],

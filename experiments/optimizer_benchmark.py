@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from jaxlab import data, models, optim, train  # noqa: E402
 from jaxlab.optim import annealing_law, schedules  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 SCHEDULES = ("constant", "cosine", "linear", "wsd", "rex")
 
@@ -51,6 +52,7 @@ def validate(config) -> None:
                      "allowed: 0 < x < 1")
   checks.mnist1d_samples(config, "data", "batch_size")
   checks.divisible_by_devices(config, "batch_size")
+  mesh_lib.check_config(config, ("batch_size", "law.batch_size"))
 
 
 def validate_law(config) -> None:
@@ -122,6 +124,7 @@ def main(config, workdir: str) -> dict:
   # Every trial starts from `params`: step 0 of each validation curve, so that
   # time to target can be interpolated inside the first evaluation interval.
   initial_accuracy = float(val_eval(params)["val_accuracy"])
+  mesh = mesh_lib.from_config(config)
 
   def run(opt: str, sched_name: str, lr: float, schedule=None, log_every=None) -> dict:
     # Runs logged every step (law and refinement arms) are kept apart from the sweep's.
@@ -138,7 +141,7 @@ def main(config, workdir: str) -> dict:
           num_steps=config.num_steps, key=jax.random.key(config.seed + 1), workdir=rundir,
           log_every=log_every or config.eval_every_steps,
           hooks=[EvalHook(val_eval, config.eval_every_steps, opt)], lr_schedule=schedule,
-          progress=config.progress, desc=tag)
+          progress=config.progress, desc=tag, mesh=mesh)
     except train.NonFiniteError as e:
       # A diverged trial is a trial that never reaches the target (AlgoPerf);
       # the sweep goes on.
@@ -348,7 +351,8 @@ def annealing_arm(config, workdir: str) -> dict:
             loss_fn, student.init(k_init), optim.get(law.optimizer, learning_rate=schedule),
             functools.partial(batch_fn, stream_key=k_stream), num_steps=n, key=k_step,
             workdir=rundir, log_every=every, eval_every=every, eval_fn=eval_fn,
-            lr_schedule=schedule, progress=config.progress, desc=f"law {name} {r}")
+            lr_schedule=schedule, progress=config.progress, desc=f"law {name} {r}",
+            mesh=mesh_lib.from_config(config))
         io.write_json(done, {"steps": [row["step"] for row in result.history],
                              "val_loss": [row["val_loss"] for row in result.history]})
       runs.append(io.read_json(done))

@@ -77,6 +77,9 @@ def get_config(arg=None):
   c.lr_grid = dict(log2_learning_rates=tuple(range(-16, -3)))
   c.train = dict(num_steps=1000, batch_size=128)
   c.sharpness = dict(every_steps=50, lanczos_iters=20, num_examples=1000)
+  # A width's learning rates are split over the devices (jaxlab.train.mesh);
+  # mesh.fsdp must stay 1: one run is never split.
+  c.mesh = common.mesh_config()
   if opts.quick:
     c.data.num_samples = 5000
     c.data.num_train = 4000

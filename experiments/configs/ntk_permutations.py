@@ -43,4 +43,7 @@ def get_config(arg=None):
   c.lr_fraction = 1.0  # eta = lr_fraction / lambda_max(Theta(X, X))
   c.gd_tolerance = 1e-4  # steps so every residual mode shrinks by this factor
   c.member_chunk = 512
+  # The finite-width members are split over the devices (jaxlab.train.mesh);
+  # mesh.fsdp must stay 1: a member is never split.
+  c.mesh = common.mesh_config()
   return c

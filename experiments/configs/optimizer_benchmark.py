@@ -96,6 +96,7 @@ def get_config(arg=None):
                drop_window_fraction=0.05)
   c.refine_optimizer = "momentum"
   c.progress = False
+  c.mesh = common.mesh_config()  # every run (sweep, law, refinement) trains on this mesh
   if opts.quick:
     c.optimizers = ("momentum", "adam", "diffgrad", "lion")
     c.num_steps = 400

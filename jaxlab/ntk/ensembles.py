@@ -79,7 +79,7 @@ def _train_members(keys, x_train, y_train, x_test, steps, learning_rate, *, widt
 def train_ensemble(key: jax.Array, x_train: jax.Array, y_train: jax.Array, x_test: jax.Array, *,
                    n_members: int, width: int, steps: int, learning_rate: float,
                    weight_std: float = 1.0, bias_std: float = 1.0, output_std: float = 1.0,
-                   chunk_size: int | None = None) -> EnsembleResult:
+                   chunk_size: int | None = None, mesh=None) -> EnsembleResult:
   """Trains `n_members` independent two-layer nets with full-batch GD, vmapped and jitted.
 
   Math:
@@ -88,8 +88,11 @@ def train_ensemble(key: jax.Array, x_train: jax.Array, y_train: jax.Array, x_tes
 
   Members are processed in chunks of `chunk_size` (one compiled program reused
   for every chunk, to bound memory); within a chunk the member axis is vmapped
-  and, when there are several devices, sharded over them (the chunk is padded to
-  a multiple of the device count).
+  and split over every device of `mesh` (`jaxlab.train.mesh.put_split`: the
+  chunk is padded to a multiple of the device count, each device trains its
+  members whole). With several processes every process calls this with the
+  same arguments; the outputs span every process's devices
+  (`jaxlab.train.mesh.to_host` gathers them).
 
   Args:
     key: PRNG key.
@@ -98,6 +101,9 @@ def train_ensemble(key: jax.Array, x_train: jax.Array, y_train: jax.Array, x_tes
     learning_rate: eta > 0 (GD converges for eta < 2 / lambda_max(Theta(X, X))).
     weight_std, bias_std, output_std: sigma_w, sigma_b, sigma_a.
     chunk_size: members per compiled call (default: all).
+    mesh: a `jax.sharding.Mesh` whose devices share the members (any axes: the
+      member axis is split over all of them); default every device, as
+      `jaxlab.train.mesh.make_mesh()`.
 
   Returns:
     `EnsembleResult(outputs (M, N_test, O), train_loss (M,))`.
@@ -129,24 +135,27 @@ def train_ensemble(key: jax.Array, x_train: jax.Array, y_train: jax.Array, x_tes
   y_train = y_train.astype(x_train.dtype)
   x_test = x_test.astype(x_train.dtype)
 
-  chunk = int(min(chunk_size or n_members, n_members))
-  n_dev = jax.device_count()
-  chunk = -(-chunk // n_dev) * n_dev
-  sharding = None
-  if n_dev > 1:
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("members",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
+  # Imported here: `import jaxlab.ntk` stays free of the train package (orbax).
+  from jaxlab.train import mesh as mesh_lib
+
+  mesh = mesh_lib.make_mesh() if mesh is None else mesh
+  chunk = mesh_lib.padded_size(int(min(chunk_size or n_members, n_members)), mesh)
+  if mesh.size > 1:  # the data on every device (from every process's same host values)
+    x_train, y_train, x_test = mesh_lib.sharding.put_replicated((x_train, y_train, x_test), mesh)
   outs, losses = [], []
   for start in range(0, n_members, chunk):
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(start, start + chunk))
-    if sharding is not None:
-      keys = jax.device_put(keys, sharding)
+    if mesh.size > 1:
+      keys = mesh_lib.put_split(keys, mesh)
     # steps and learning rate are traced: one compile serves every run of the same shapes.
-    o, l = _train_members(keys, x_train, y_train, x_test, jnp.int32(steps),
-                          jnp.asarray(learning_rate, x_train.dtype), width=int(width),
+    # numpy scalars: host values that every process passes alike.
+    o, l = _train_members(keys, x_train, y_train, x_test, np.int32(steps),
+                          np.asarray(learning_rate, x_train.dtype), width=int(width),
                           scales=(float(weight_std), float(bias_std), float(output_std)))
     outs.append(o)
     losses.append(l)
+  if len(outs) == 1 and chunk == n_members:  # keep the members' layout on the mesh
+    return EnsembleResult(outputs=outs[0], train_loss=losses[0])
   outputs = jnp.concatenate(outs)[:n_members]
   return EnsembleResult(outputs=outputs, train_loss=jnp.concatenate(losses)[:n_members])
 

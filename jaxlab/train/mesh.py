@@ -26,6 +26,12 @@ the models in `jaxlab.models` are plain `(init, apply)` pairs over dicts of
 arrays and carry no axis annotations, and the rule needs none: any model and
 any optax state shards the same way. The result equals the replicated run's
 up to float32 reduction order.
+
+Independent copies of one computation (an ensemble's members, the points of a
+learning-rate grid: a `jax.vmap` whose leading axis is the copy) use the same
+mesh the other way round: the copy axis is split over every device of the mesh
+(`put_split`), each device runs its copies whole, and `to_host` brings the
+results back, from every process.
 """
 from __future__ import annotations
 
@@ -184,3 +190,42 @@ def state_bytes_per_device(state: TrainState, mesh: Mesh) -> int:
     shard = s.shard_shape(np.shape(x))
     total += int(np.prod(shard, dtype=np.int64)) * np.dtype(x.dtype).itemsize
   return total
+
+
+def split_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading axis split over every axis of the mesh (`data`, or `data × fsdp`)."""
+  return sharding.batch_sharded(mesh)
+
+
+def padded_size(n: int, mesh: Mesh) -> int:
+  """`n` rounded up to a multiple of the mesh's device count."""
+  return -(-n // mesh.size) * mesh.size
+
+
+def put_split(tree: Any, mesh: Mesh) -> Any:
+  """`tree` with each leaf's leading axis split over all devices of `mesh`.
+
+  For a vmapped axis of independent copies (ensemble members, grid points):
+  every process passes the same host values and builds the shards its devices
+  hold (unlike `sharding.put_batch`, which takes each process's rows). The
+  leading size must be a multiple of `mesh.size` (see `padded_size`).
+  """
+  target = split_sharding(mesh)
+
+  def one(x):
+    if np.shape(x)[0] % mesh.size:
+      raise ValueError(f"leading size {np.shape(x)[0]} is not a multiple of the mesh's "
+                       f"{mesh.size} devices; pad it to padded_size(n, mesh)")
+    return _put(x, target)
+  return jax.tree.map(one, tree)
+
+
+def to_host(tree: Any) -> Any:
+  """numpy copies of the leaves; an array spread over several processes is gathered first."""
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(one, tree)

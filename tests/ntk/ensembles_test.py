@@ -40,28 +40,3 @@ def test_gd_settings_and_bad_arguments():
   with pytest.raises(ValueError, match="x_test"):
     ntk.train_ensemble(jax.random.key(0), np.eye(2), np.eye(2), np.eye(3), n_members=1,
                        width=4, steps=1, learning_rate=0.1)
-
-
-def test_sharded_over_two_devices_gives_the_same_members(tmp_path):
-  """Members sharded over 2 (forced host) devices equal the single-device run."""
-  import os
-  import subprocess
-  import sys
-
-  script = tmp_path / "run.py"
-  script.write_text(
-      "import jax, numpy as np\n"
-      "from jaxlab import ntk\n"
-      "x, y = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[[1, 2, 0]]\n"
-      "r = ntk.train_ensemble(jax.random.key(3), x, y, np.ones((2, 3), np.float32),\n"
-      "                       n_members=5, width=16, steps=10, learning_rate=0.2)\n"
-      "print(jax.device_count()); np.save(__import__('sys').argv[1], np.asarray(r.outputs))\n")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, str(script), str(tmp_path / "o.npy")], env=env,
-                       capture_output=True, text=True, check=True)
-  assert out.stdout.strip().splitlines()[-1] == "2"
-  x, y = np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[[1, 2, 0]]
-  ref = ntk.train_ensemble(jax.random.key(3), x, y, np.ones((2, 3), np.float32), n_members=5,
-                           width=16, steps=10, learning_rate=0.2)
-  np.testing.assert_allclose(np.load(tmp_path / "o.npy"), ref.outputs, rtol=1e-5, atol=1e-6)

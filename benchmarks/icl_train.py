@@ -7,11 +7,13 @@ For each size the step is `jaxlab.train.make_train_step` (value_and_grad of the
 masked squared error over all prefixes, Adam update, norms), jitted once with
 the state donated, fed batches from `jaxlab.icl.training.PromptBatches`
 (sampled ahead of timing). We report the median over repeats of the mean step
-time, prompts/s = batch / step time, the step's FLOPs from XLA's cost analysis,
-achieved FLOP/s, and on a GPU the model FLOPs utilization (MFU) against the
-device's dense peak for the dtype in use (float32 matmuls run as TF32 on
-NVIDIA GPUs by default, so the TF32 peak is the reference). Results: a table
-on stdout and benchmarks/results/icl_train.json.
+time, prompts/s = batch / step time, the step's FLOPs from XLA's cost analysis
+(`compiled.cost_analysis()`), achieved FLOP/s = those FLOPs / the step time,
+and on a GPU or TPU the model FLOPs utilization (MFU) against the device's
+dense float32 peak (`benchmarks.common.PEAK_FLOPS`: float32 matmuls run as
+TF32 on NVIDIA GPUs by default, so the TF32 peak is the reference); on a CPU
+"MFU: n/a (no accelerator peak)". Results: a table on stdout and
+benchmarks/results/icl_train.json.
 """
 from __future__ import annotations
 
@@ -35,19 +37,6 @@ SIZES = {
 }
 TINY = {"quick": (2, 2, 32, 5, 11, 16), "full": (2, 4, 64, 20, 41, 16)}
 
-# Dense TF32 peak FLOP/s (vendor data sheets; SXM parts).
-GPU_PEAK_TF32 = {"H100": 494.7e12, "H200": 494.7e12, "A100": 156e12}
-
-
-def gpu_peak() -> float | None:
-  dev = jax.devices()[0]
-  if dev.platform != "gpu":
-    return None
-  for name, peak in GPU_PEAK_TF32.items():
-    if name in dev.device_kind:
-      return peak
-  return None
-
 
 def bench(name: str, size: tuple, steps: int, repeats: int) -> dict:
   layers, heads, width, d, n, batch = size
@@ -58,13 +47,7 @@ def bench(name: str, size: tuple, steps: int, repeats: int) -> dict:
   batches = training.PromptBatches(0, batch, n, d)
   data = [batches(t) for t in range(steps)]
   state = init_state(params, tx, jax.random.key(1))
-  flops = None
-  try:
-    cost = step.lower(state, data[0]).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0)) or None
-  except Exception:  # cost analysis is best effort across backends
-    flops = None
+  flops = common.compiled_flops(step, state, data[0])
   state, m = step(state, data[0])  # compile + warm up
   jax.block_until_ready(m)
 
@@ -79,12 +62,8 @@ def bench(name: str, size: tuple, steps: int, repeats: int) -> dict:
   row = {"size": name, "layers": layers, "heads": heads, "width": width, "dim": d,
          "points": n, "batch": batch, "params": int(nparams), "step_ms": 1e3 * t,
          "prompts_per_s": batch / t}
-  if flops:
-    row["gflop_per_step"] = flops / 1e9
-    row["achieved_tflops"] = flops / t / 1e12
-    peak = gpu_peak()
-    if peak:
-      row["mfu"] = flops / t / peak
+  row["gflop_per_step"] = flops / 1e9 if flops else None
+  row.update(common.flop_columns(flops, t, "float32"))
   return row
 
 
@@ -101,8 +80,11 @@ def main(argv=None) -> list[dict]:
                              else (steps, repeats)))
           for name, size in sizes.items()]
   cols = ["size", "layers", "heads", "width", "dim", "points", "batch", "params", "step_ms",
-          "prompts_per_s", "gflop_per_step", "achieved_tflops", "mfu"]
-  print(common.table(rows, cols))
+          "prompts_per_s", "gflop_per_step", "flop_per_s", "mfu"]
+  print(common.table([{**r, "mfu": common.mfu_text(r["mfu"])} for r in rows], cols))
+  for r in rows:
+    rate = "n/a" if r["flop_per_s"] is None else f"{r['flop_per_s'] / 1e9:.4g} GFLOP/s"
+    print(f"{r['size']}: achieved {rate}, MFU: {common.mfu_text(r['mfu'])}")
   path = common.write_results("icl_train", {"quick": args.quick, "rows": rows}, args.out)
   print(f"wrote {path}")
   return rows

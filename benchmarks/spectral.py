@@ -58,6 +58,7 @@ from jax.tree_util import Partial
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import common  # noqa: E402
 from jaxlab.spectral import operators as ops  # noqa: E402
 from jaxlab.spectral.density import spectral_density  # noqa: E402
 from jaxlab.spectral.eigen import top_eigenpairs  # noqa: E402
@@ -467,7 +468,10 @@ def bench_costs(cfg, seed=0):
   with full reorthogonalization (the default), float32, for each batch size in
   ``big_batches`` (the HVP's cost grows with the batch, the loop's does not).
   The loop's own cost is also timed with a diagonal matvec (≈ free) in place of
-  the HVP: the reorthogonalization and vector work.
+  the HVP: the reorthogonalization and vector work. The gradient's and the
+  HVP's achieved FLOP/s are XLA's cost analysis of each compiled call over its
+  measured time, with the MFU against the device's float32 peak on a GPU/TPU
+  (`benchmarks.common.flop_columns`; "n/a (no accelerator peak)" on a CPU).
   """
   sizes = cfg["big_sizes"]
   params = mlp_init(seed, sizes)
@@ -505,10 +509,14 @@ def bench_costs(cfg, seed=0):
       t3 = time.perf_counter()
       t_grad, t_hvp, t_in_loop = min(t_grad, t1 - t0), min(t_hvp, t2 - t1), min(t_in_loop, (t3 - t2) / m)
     t_lan, _ = timeit(lambda mv=mv: lanczos(mv, params, m, jax.random.key(0)), 2)
+    grad_flops = common.compiled_flops(grad, params, batch)
+    hvp_flops = common.compiled_flops(jax.jit(lambda mv, u: mv(u)), mv, v)
     rows.append(dict(batch=b, grad_s=t_grad, hvp_s=t_hvp, hvp_in_loop_s=t_in_loop,
                      hvp_over_grad=t_hvp / t_grad, hvp_in_loop_over_grad=t_in_loop / t_grad,
                      lanczos_s=t_lan, lanczos_overhead=t_lan / (m * t_in_loop) - 1.0,
-                     loop_over_hvp=t_loop / (m * t_in_loop)))
+                     loop_over_hvp=t_loop / (m * t_in_loop), grad_flops=grad_flops,
+                     hvp_flops=hvp_flops, **common.flop_columns(grad_flops, t_grad, prefix="grad_"),
+                     **common.flop_columns(hvp_flops, t_hvp, prefix="hvp_")))
   return dict(num_params=int(n), lanczos_iters=m, loop_s_per_step=t_loop / m, rows=rows)
 
 
@@ -822,6 +830,16 @@ def print_costs(c):
     print(f"| {r['batch']} | {r['grad_s'] * 1e3:.1f} | {r['hvp_s'] * 1e3:.1f} / "
           f"{r['hvp_in_loop_s'] * 1e3:.1f} | {r['hvp_over_grad']:.2f}x / {r['hvp_in_loop_over_grad']:.2f}x "
           f"(target <= 2) | {r['lanczos_s']:.2f} | {100 * r['lanczos_overhead']:.1f}% (target <= 10%) |")
+  print("\n| batch | gradient GFLOP / GFLOP/s / MFU | HVP GFLOP / GFLOP/s / MFU |")
+  print("|---|---|---|")
+  gf = lambda x: "n/a" if x is None else f"{x / 1e9:.3g}"
+  for r in c["rows"]:
+    print(f"| {r['batch']} | {gf(r['grad_flops'])} / {gf(r['grad_flop_per_s'])} / "
+          f"{common.mfu_text(r['grad_mfu'])} | {gf(r['hvp_flops'])} / "
+          f"{gf(r['hvp_flop_per_s'])} / {common.mfu_text(r['hvp_mfu'])} |")
+  mfus = [r[k] for r in c["rows"] for k in ("grad_mfu", "hvp_mfu")]
+  if not any(isinstance(x, float) for x in mfus):
+    print(f"MFU: {mfus[0]}")
 
 
 def clean(o):

@@ -1,6 +1,8 @@
 """The icl_train benchmark runs end to end at tiny sizes and writes its JSON."""
 import json
 
+import pytest
+
 from benchmarks import icl_train
 
 
@@ -12,5 +14,9 @@ def test_icl_train_benchmark_quick(tmp_path):
   assert saved["benchmark"] == "icl_train" and saved["rows"] == rows
   for r in rows:
     assert r["prompts_per_s"] > 0 and r["step_ms"] > 0
+    # FLOPs from XLA's cost analysis over the measured step time; on CPU no MFU.
+    assert r["gflop_per_step"] > 0 and r["flop_per_s"] > 0
+    assert r["flop_per_s"] == pytest.approx(r["gflop_per_step"] * 1e9 / (r["step_ms"] / 1e3))
+    assert r["mfu"] == "n/a (no accelerator peak)" or 0 < r["mfu"] < 1
   # The "full" size has more parameters and more tokens per prompt.
   assert rows[1]["params"] > rows[0]["params"]

@@ -40,9 +40,21 @@ def test_quick_benchmark_end_to_end(tmp_path, capsys):
   assert abs(d["ours_moments"][0] - d["exact_m1"]) <= 0.3 * abs(d["exact_m1"])
   (row,) = res["costs"]["rows"]
   assert row["hvp_over_grad"] > 0 and row["hvp_in_loop_over_grad"] > 0 and row["lanczos_s"] > 0
+  _check_flops(row)
   assert res["peer_note"].startswith("--skip-peer")
   _check_big(res["big"])
   assert res["big"]["peer_note"].startswith("--skip-peer")
+
+
+def _check_flops(row):
+  """Achieved FLOP/s = XLA's FLOPs of the compiled call / its measured time; no MFU on a CPU."""
+  for name in ("grad", "hvp"):
+    assert row[f"{name}_flops"] > 0 and row[f"{name}_flop_per_s"] > 0
+    assert row[f"{name}_flop_per_s"] == pytest.approx(row[f"{name}_flops"] / row[f"{name}_s"])
+    mfu = row[f"{name}_mfu"]
+    assert mfu == "n/a (no accelerator peak)" or 0 < mfu < 1
+  # An HVP (forward-over-reverse) costs more FLOPs than the gradient it differentiates.
+  assert row["hvp_flops"] > row["grad_flops"]
 
 
 def _check_big(big):
@@ -63,9 +75,11 @@ def _check_big(big):
 def test_costs_only(tmp_path, capsys):
   out = tmp_path / "costs.json"
   _load().main(["--quick", "--costs-only", "--out", str(out)])
-  assert "overhead over its HVPs" in capsys.readouterr().out
+  printed = capsys.readouterr().out
+  assert "overhead over its HVPs" in printed and "HVP GFLOP / GFLOP/s / MFU" in printed
   costs = json.loads(out.read_text())["costs"]
   assert [r["batch"] for r in costs["rows"]] == [64] and costs["num_params"] > 0
+  _check_flops(costs["rows"][0])
 
 
 def test_benchmark_rejects_unknown_flag():

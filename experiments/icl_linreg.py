@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxlab import train  # noqa: E402
 from jaxlab.icl import analysis, evaluation, tasks, training  # noqa: E402
+from jaxlab.models import precision  # noqa: E402
 from jaxlab.models.transformer import ICLTransformer  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
 from jaxlab.train import mesh as mesh_lib  # noqa: E402
@@ -75,6 +76,7 @@ def validate(config) -> None:
     if max(config.eval.weight_contexts) >= config.task.n_points:
       raise ValueError(f"config key 'eval.weight_contexts': {config.eval.weight_contexts}; "
                        f"allowed: values < task.n_points={config.task.n_points}")
+  precision.check_config(config, "model.compute_dtype")
   recipes.check_optimizer_config(config.optimizer)
   checks.warmup_below(config, "optimizer.warmup_steps", *(f"arms.{a}" for a in ARMS))
   checks.divisible_by_devices(config, "train.batch_size")
@@ -106,8 +108,10 @@ def train_arm(config, arm: str, workdir: str, init_params=None):
   """Trains the arm's model (from `init_params` if given); returns (model, params, history, s)."""
   t, m = config.task, config.model
   kappa, sigma = arm_distribution(config, arm)
+  # bfloat16 compute, float32 params and optimizer state (jaxlab.models.precision).
   model = ICLTransformer(num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
-                         max_points=t.n_points, normalize=m.normalize)
+                         max_points=t.n_points, normalize=m.normalize,
+                         dtype=precision.resolve(m.compute_dtype, "model.compute_dtype"))
   curriculum = None
   if t.curriculum:
     curriculum = tasks.Curriculum(t.dims_start, t.dim, t.dims_inc, t.points_start, t.n_points,

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from jaxlab import data, models, train  # noqa: E402
+from jaxlab.models import precision  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
 from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
@@ -20,6 +21,7 @@ def validate(config) -> None:
   checks.choice(config, "model.parametrization", models.PARAMETRIZATIONS)
   checks.choice(config, "model.activation", models.ACTIVATIONS)
   checks.positive_sizes(config, "model.hidden_sizes")
+  precision.check_config(config, "model.compute_dtype")
   recipes.check_optimizer_config(config.optimizer)
   for key in ("num_steps", "batch_size", "log_every_steps"):
     checks.positive(config, f"train.{key}")
@@ -50,7 +52,8 @@ def main(config, workdir: str) -> dict:
   ds = data.mnist1d(config.data.num_samples, config.data.data_seed)
   model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes,
                      parametrization=config.model.parametrization,
-                     normalize=config.model.normalize, activation=config.model.activation)
+                     normalize=config.model.normalize, activation=config.model.activation,
+                     compute_dtype=config.model.compute_dtype)
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
   tx, schedule = recipes.build_optimizer(config.optimizer, config.train.num_steps)
   batches = data.Batches({"x": ds.x_train, "y": ds.y_train}, config.train.batch_size,

@@ -71,7 +71,8 @@ def get_config(arg=None):
   c.task = dict(dim=20, n_points=41, noise_std=0.1, condition_number=100.0,
                 curriculum=True, dims_start=5, dims_inc=1, points_start=11, points_inc=2,
                 curriculum_interval=2000)
-  c.model = dict(num_layers=12, num_heads=8, width=256, normalize=True)
+  # compute_dtype "bfloat16": mixed precision, float32 master weights (jaxlab.models.precision).
+  c.model = dict(num_layers=12, num_heads=8, width=256, normalize=True, compute_dtype="float32")
   c.optimizer = dict(name="adam", learning_rate=1e-4, schedule="constant", warmup_steps=0)
   # Steps per arm; 0 skips the arm.
   c.arms = dict(noiseless=500_000, noisy=500_000, ill_conditioned=500_000)

@@ -21,8 +21,9 @@ def get_config(arg=None):
   c = common.base_config("mlp_mnist1d", quick=opts.quick)
 
   c.data = dict(num_samples=5000, data_seed=42)
+  # compute_dtype "bfloat16": mixed precision, float32 master weights (jaxlab.models.precision).
   c.model = dict(hidden_sizes=(256, 256), parametrization="standard", normalize=False,
-                 activation="relu")
+                 activation="relu", compute_dtype="float32")
   c.optimizer = dict(name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=0)
   c.train = dict(num_steps=8000, batch_size=128, log_every_steps=100, eval_every_steps=500,
                  checkpoint_every_steps=1000, inject_nan_at_step=-1, progress=True)

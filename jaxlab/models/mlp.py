@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlab.models import tract
+from jaxlab.models import precision, tract
 
 PARAMETRIZATIONS = ("standard", "ntk", "mup")
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -77,17 +77,28 @@ class ScaledDense(nn.Module):
   bias_multiplier: float = 1.0
   bias_init_std: float = 0.0
   tract_lam: float | None = None
+  dtype: Any = None  # compute dtype; None: the promoted dtype of x and the float32 kernel
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", nn.initializers.normal(self.init_std),
                         (x.shape[-1], self.features))
-    xw = x @ kernel if self.tract_lam is None else tract.tract_dense(x, kernel, self.tract_lam)
+    if self.tract_lam is not None:
+      # TrAct's Cholesky solve stays float32 (bfloat16 would keep 8 bits of
+      # (XᵀX/b + λI)⁻¹); the product is cast to the compute dtype after.
+      xw = tract.tract_dense(x.astype(jnp.promote_types(x.dtype, jnp.float32)), kernel,
+                             self.tract_lam)
+      xw = xw if self.dtype is None else xw.astype(self.dtype)
+    elif self.dtype is None:
+      xw = x @ kernel
+    else:  # params are float32 masters: cast them (and x) for the product
+      xw = x.astype(self.dtype) @ kernel.astype(self.dtype)
     y = self.multiplier * xw
     if self.use_bias:
       init = (nn.initializers.normal(self.bias_init_std) if self.bias_init_std > 0
               else nn.initializers.zeros)
       bias = self.param("bias", init, (self.features,))
+      bias = bias if self.dtype is None else bias.astype(self.dtype)
       y = y + self.bias_multiplier * bias[None, :]
     return y
 
@@ -132,6 +143,11 @@ class MLP(nn.Module):
       at N(0, 1) with multiplier σ_b (ntk) or at N(0, σ_b²) (standard).
     tract_lam: None (plain) or λ: the input layer's kernel gradient becomes
       TrAct's (XᵀX/b + λI)⁻¹ ∇W (Petersen et al. 2024; `jaxlab.models.tract`).
+    dtype: the compute dtype (None: as before, the inputs' dtype promoted with
+      float32). bfloat16: every layer computes in bfloat16 from float32
+      parameters (the TrAct input layer's solve stays float32), LayerNorm
+      statistics in float32 (flax), and the outputs are returned as float32 so
+      that the loss is computed in float32 (`jaxlab.models.precision`).
   """
 
   hidden_sizes: Sequence[int]
@@ -142,6 +158,7 @@ class MLP(nn.Module):
   weight_std: float | None = None
   bias_std: float | None = None
   tract_lam: float | None = None
+  dtype: Any = None
 
   def _bias_args(self, fan_out: int, kind: str) -> dict:
     if self.bias_std is None:
@@ -164,15 +181,17 @@ class MLP(nn.Module):
       std, mult = layer_scales(self.parametrization, h.shape[-1], width, kind, gain)
       tract_lam = self.tract_lam if i == 0 else None
       h = ScaledDense(width, std, mult, **self._bias_args(width, kind), tract_lam=tract_lam,
-                      name=f"dense_{i}")(h)
+                      dtype=self.dtype, name=f"dense_{i}")(h)
       if self.normalize:
-        h = nn.LayerNorm(name=f"norm_{i}")(h)
+        h = nn.LayerNorm(dtype=self.dtype, name=f"norm_{i}")(h)
       h = act(h)
       hidden.append(h)
     std, mult = layer_scales(self.parametrization, h.shape[-1], self.num_outputs, "readout",
                              readout_gain)
     out = ScaledDense(self.num_outputs, std, mult, **self._bias_args(self.num_outputs, "readout"),
-                      name="readout")(h)
+                      dtype=self.dtype, name="readout")(h)
+    if self.dtype is not None:
+      out = out.astype(jnp.float32)  # the loss (softmax, its mean) in float32
     return out, tuple(hidden)
 
 
@@ -186,7 +205,8 @@ class Model(NamedTuple):
 def mlp(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int, *,
         parametrization: str = "standard", normalize: bool = False,
         activation: str = "relu", weight_std: float | None = None,
-        bias_std: float | None = None, tract_lam: float | None = None) -> Model:
+        bias_std: float | None = None, tract_lam: float | None = None,
+        compute_dtype: Any = None) -> Model:
   """Builds an MLP as a pure `(init, apply)` pair.
 
   `apply(params, x)` returns `(logits, {"hidden": (h_1, ..., h_L)})`.
@@ -197,6 +217,9 @@ def mlp(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int, *,
   He-gain, zero-bias net, whose limit that is not. `tract_lam=λ` trains the
   input layer with TrAct's kernel gradient (XᵀX/b + λI)⁻¹ ∇W (Petersen et al.
   2024, λ = 0.1 there); None (default) is the plain gradient.
+  `compute_dtype`: None or "float32" (default, unchanged) or "bfloat16": mixed
+  precision with float32 parameters, bfloat16 products and float32 logits
+  (`jaxlab.models.precision`); the hidden states in aux are bfloat16 then.
 
   Example:
     >>> model = mlp(40, (64, 64), 10, parametrization="mup")
@@ -222,9 +245,11 @@ def mlp(input_dim: int, hidden_sizes: Sequence[int], num_outputs: int, *,
       raise ValueError(f"{name}={value!r}: must be None or a finite number >= 0")
   if tract_lam is not None:
     tract_lam = tract.check_lam(tract_lam, "tract_lam")
+  dtype = precision.resolve(compute_dtype, "compute_dtype")
   module = MLP(tuple(hidden_sizes), num_outputs, parametrization, normalize, activation,
                None if weight_std is None else float(weight_std),
-               None if bias_std is None else float(bias_std), tract_lam)
+               None if bias_std is None else float(bias_std), tract_lam,
+               None if dtype == jnp.float32 else dtype)
 
   def init(key: jax.Array) -> dict:
     return module.init(key, jnp.zeros((1, input_dim), jnp.float32))["params"]

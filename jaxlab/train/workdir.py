@@ -42,7 +42,7 @@ VOLATILE_KEYS = frozenset({"progress"})
 # Keys added to the study configs after workdirs already existed, with the value
 # that reproduces the behaviour before them: an older config.json that lacks such
 # a key is resumed when the new config holds this value (anything else is a change).
-ADDED_KEY_DEFAULTS = {"mesh.data": -1, "mesh.fsdp": 1}
+ADDED_KEY_DEFAULTS = {"mesh.data": -1, "mesh.fsdp": 1, "model.compute_dtype": "float32"}
 _held: dict[str, list] = {}  # realpath -> [fd, depth]
 
 

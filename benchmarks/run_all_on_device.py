@@ -111,8 +111,9 @@ def section(dev: dict, items: list[dict], quick: bool) -> str:
   lines = [f"## On a device: {dev['device_kind']} × {dev['device_count']} ({dev['platform']}), "
            f"{when}", "",
            f"`python -m benchmarks.run_all_on_device{' --quick' if quick else ''}`, jax "
-           f"{dev['jax']}. Wall time per item (2-core CPU for comparison, from the docstrings):",
-           "", "| item | kind | status | wall | 2-core CPU |", "|---|---|---|---|---|"]
+           f"{dev['jax']}. Wall time per item, and the full size's on a 2-core CPU (from the "
+           "docstrings) for comparison:",
+           "", "| item | kind | status | wall | 2-core CPU, full size |", "|---|---|---|---|---|"]
   for i in items:
     status = "ok" if i.get("rc") == 0 else ("timeout" if i.get("rc") == "timeout"
                                             else f"failed (exit {i.get('rc')})")

@@ -7,8 +7,15 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
+from jaxlab.spectral import lanczos_host
 from jaxlab.spectral import operators as ops
-from jaxlab.spectral.lanczos import check_iters, resolve_dtype, run_lanczos, tridiagonal
+from jaxlab.spectral.lanczos import (
+  check_iters,
+  resolve_dtype,
+  run_lanczos,
+  tree_product,
+  tridiagonal,
+)
 
 
 class SpectralDensity(NamedTuple):
@@ -23,7 +30,7 @@ class SpectralDensity(NamedTuple):
 
 def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_draws: int,
                      key: jax.Array, dtype: Any = None,
-                     reorthogonalize: bool = True) -> SpectralDensity:
+                     reorthogonalize: bool = True, host: bool | None = None) -> SpectralDensity:
   """Eigenvalue density of a symmetric operator by stochastic Lanczos quadrature.
 
   Math:
@@ -45,6 +52,13 @@ def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_dra
     dtype: Lanczos working dtype (``jnp.float64`` in an x64 scope).
     reorthogonalize: full reorthogonalization (default True; without it ghost
       nodes take weight from the true ones).
+    host: where the Lanczos algebra runs: True, in NumPy float64 on the host
+      (only the operator's product is compiled; see
+      :mod:`jaxlab.spectral.lanczos_host`); False, in jitted steps on the params'
+      devices (basis in ``dtype``); None (default), the host when every params
+      leaf is on one CPU device and the float64 basis, ``(num_iters + 1)·n·8``
+      bytes, is below 256 MiB, else the devices. Both give the same values to
+      the working precision.
 
   Returns:
     :class:`SpectralDensity` with ``nodes`` and ``weights`` of shape
@@ -68,10 +82,12 @@ def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_dra
   if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
     raise ValueError(f"num_draws is {num_draws!r}; allowed: an int >= 1.")
   dt = resolve_dtype(params_like, dtype)
+  use_host = lanczos_host.choose_host(host, params_like, spec.size, m)
+  run, mv = (lanczos_host.run, tree_product(matvec)) if use_host else (run_lanczos, matvec)
   nodes, weights = [], []
   with ops.x64_scope(dt):
     for draw in range(int(num_draws)):  # Rademacher start vectors hashed from (key, draw)
-      _, c, _ = run_lanczos(matvec, spec, key, m, bool(reorthogonalize), dt, dist="rademacher",
+      _, c, _ = run(mv, spec, key, m, bool(reorthogonalize), dt, dist="rademacher",
                             salt=draw)
       T = tridiagonal(np.asarray(c.alphas, np.float64)[:m], np.asarray(c.betas, np.float64)[:m - 1])
       theta, U = np.linalg.eigh(T)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlab.spectral import lanczos_host
 from jaxlab.spectral import operators as ops
 from jaxlab.spectral.lanczos import (
   _HI,
@@ -61,7 +62,7 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
 def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
                    num_iters: int | None = None, which: str = "largest",
                    reorthogonalize: bool = True, dtype: Any = None,
-                   tol: float | None = None) -> Eigenpairs:
+                   tol: float | None = None, host: bool | None = None) -> Eigenpairs:
   """The k extreme eigenpairs of a symmetric operator, eigenvectors as pytrees.
 
   Math:
@@ -111,6 +112,13 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     dtype: Lanczos working dtype (``jnp.float64`` in an x64 scope), default the params'.
     tol: stop early once the Ritz residual estimates are within ``tol`` relative
       (see Math); ``num_iters`` is then the cap. None (default): run all steps.
+    host: where the Lanczos algebra runs: True, in NumPy float64 on the host
+      (only the operator's product is compiled; see
+      :mod:`jaxlab.spectral.lanczos_host`); False, in jitted steps on the params'
+      devices (basis in ``dtype``); None (default), the host when every params
+      leaf is on one CPU device and the float64 basis, ``(num_iters + 1)·n·8``
+      bytes, is below 256 MiB, else the devices. Both give the same values to
+      the working precision.
 
   Returns:
     :class:`Eigenpairs` ``(eigenvalues, eigenvectors, residuals, ritz_residuals,
@@ -144,13 +152,20 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     raise ValueError(f"tol is {tol!r}; allowed: None or a finite float > 0.")
   dt = resolve_dtype(params_like, dtype)
   k = int(k)
+  use_host = lanczos_host.choose_host(host, params_like, n, m)
+  mv = tree_product(matvec) if use_host else matvec
   stop = None if tol is None else functools.partial(_converged, k=k, which=which, tol=float(tol))
   with ops.x64_scope(dt):
-    V, c, m = run_lanczos(matvec, spec, key, m, bool(reorthogonalize), dt, stop=stop)
+    run = lanczos_host.run if use_host else run_lanczos
+    V, c, m = run(mv, spec, key, m, bool(reorthogonalize), dt, stop=stop)
     alphas = np.asarray(c.alphas, np.float64)[:m]
     betas = np.asarray(c.betas, np.float64)[:m]
   theta, U = np.linalg.eigh(tridiagonal(alphas, betas[:-1]))
   idx = _select(theta, k, which)
+  if use_host:
+    vecs, resid = lanczos_host.ritz_pairs(mv, V[:m], U[:, idx].T, theta[idx], spec)
+    return Eigenpairs(theta[idx].astype(np.float64), vecs, resid,
+                      np.abs(betas[-1] * U[-1, idx]), m)
   Uk = np.zeros((k, V.shape[1]))  # zero weights on the unused rows (and on v_{m+1})
   Uk[:, :m] = U[:, idx].T
   product = tree_product(matvec)

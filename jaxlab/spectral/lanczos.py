@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
+from jaxlab.spectral import lanczos_host
 from jaxlab.spectral import operators as ops
 
 _HI = jax.lax.Precision.HIGHEST
@@ -459,7 +460,7 @@ def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, d
 
 def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
             reorthogonalize: bool = True, dtype: Any = None, return_basis: bool = False,
-            v0: Any = None) -> LanczosResult:
+            v0: Any = None, host: bool | None = None) -> LanczosResult:
   """Lanczos tridiagonalization ``Vᵀ A V = T`` of a symmetric operator on pytrees.
 
   Math:
@@ -516,6 +517,14 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
       None uses the params' dtype. The matvec itself runs in the params' dtype.
     return_basis: also return the basis V (m, n).
     v0: optional starting pytree (normalized internally) instead of a Gaussian.
+    host: where the Lanczos algebra runs: True, in NumPy float64 on the host
+      (only the operator's product is compiled; see
+      :mod:`jaxlab.spectral.lanczos_host`); False, in jitted steps on the params'
+      devices (basis in ``dtype``); None (default), the host when every params
+      leaf is on one CPU device and the float64 basis, ``(num_iters + 1)·n·8``
+      bytes, is below 256 MiB, else the devices. Both give the same values to
+      the working precision. On the host the basis is returned in
+      ``dtype`` after a float64 recurrence.
 
   Returns:
     :class:`LanczosResult` ``(alphas, betas, basis)``.
@@ -539,6 +548,13 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
   dt = resolve_dtype(params_like, dtype)
   if v0 is not None:
     ops.check_like(v0, spec, "v0")
+  if lanczos_host.choose_host(host, params_like, spec.size, m):
+    V, c, _ = lanczos_host.run(tree_product(matvec), spec, key, m, bool(reorthogonalize), dt,
+                               v0=v0)
+    with ops.x64_scope(dt):
+      basis = jax.device_put(V[:m].astype(dt)) if return_basis else None
+    return LanczosResult(c.alphas[:m].copy(), c.betas[:m - 1].copy(), basis,
+                         float(c.betas[m - 1]))
   with ops.x64_scope(dt):
     V, c, _ = run_lanczos(matvec, spec, key, m, bool(reorthogonalize), dt, v0=v0)
     alphas = np.asarray(c.alphas, np.float64)[:m]

@@ -28,13 +28,19 @@ def test_basis_rows_buckets():
       8, 8, 16, 16, 32, 32, 32, 64, 64, 64, 96, 96]
 
 
+# The tests of compiled pieces and basis buckets pin the device path (host=False): the host
+# path (tests/spectral/spectral_lanczos_host_test.py) compiles only the product.
+
+
 def test_nearby_num_iters_compile_nothing_new(compiles):
   loss, params, batch, evals = _problem()
   key = jax.random.key(0)
-  first = eigen.top_eigenpairs(ops.hessian_vp(loss, params, batch), params, 1, key, num_iters=20)
+  first = eigen.top_eigenpairs(ops.hessian_vp(loss, params, batch), params, 1, key, num_iters=20,
+                               host=False)
   assert compiles  # sanity: the fixture sees this session's compiles
   del compiles[:]
-  second = eigen.top_eigenpairs(ops.hessian_vp(loss, params, batch), params, 1, key, num_iters=24)
+  second = eigen.top_eigenpairs(ops.hessian_vp(loss, params, batch), params, 1, key, num_iters=24,
+                                host=False)
   assert compiles == [], compiles
   # both converged (gap-separated top eigenvalue): float32 operator, ~1e-6 relative
   for pairs in (first, second):
@@ -42,7 +48,7 @@ def test_nearby_num_iters_compile_nothing_new(compiles):
   assert (first.num_iters, second.num_iters) == (20, 24)
   # an early-stopping run starts with the same 32-row basis: nothing new either
   third = eigen.top_eigenpairs(ops.hessian_vp(loss, params, batch), params, 1, key, num_iters=60,
-                               tol=1e-3)
+                               tol=1e-3, host=False)
   assert third.num_iters < 31 and compiles == [], (third.num_iters, compiles)
 
 
@@ -52,8 +58,9 @@ def test_tol_run_grows_the_basis_past_32_rows():
   lam = np.concatenate([[10.0, 9.99, 9.98], np.linspace(0.0, 9.9, 997)]).astype(np.float32)
   d = jax.numpy.asarray(lam)
   x = jax.numpy.zeros(lam.size, np.float32)
-  plain = eigen.top_eigenpairs(lambda v: d * v, x, 1, jax.random.key(0), num_iters=100)
-  grown = eigen.top_eigenpairs(lambda v: d * v, x, 1, jax.random.key(0), num_iters=100, tol=1e-6)
+  plain = eigen.top_eigenpairs(lambda v: d * v, x, 1, jax.random.key(0), num_iters=100, host=False)
+  grown = eigen.top_eigenpairs(lambda v: d * v, x, 1, jax.random.key(0), num_iters=100, tol=1e-6,
+                               host=False)
   assert grown.num_iters == plain.num_iters == 100
   # same recurrence on a different bucket: equal to float32 rounding, ~eps relative
   np.testing.assert_allclose(grown.eigenvalues, plain.eigenvalues, rtol=1e-6)
@@ -66,7 +73,7 @@ def test_bucket_leaves_the_recurrence_unchanged():
   loss, params, batch, _ = _problem()
   mv = ops.hessian_vp(loss, params, batch)
   key = jax.random.key(1)
-  a20, a24, a40 = (lanczos(mv, params, m, key).alphas for m in (20, 24, 40))
+  a20, a24, a40 = (lanczos(mv, params, m, key, host=False).alphas for m in (20, 24, 40))
   np.testing.assert_array_equal(a20, a24[:20])
   # float32 steps: agreement to a few eps of |α| over the first steps, before rounding
   # differences are amplified by the recurrence
@@ -121,12 +128,12 @@ def test_large_basis_grows_by_buckets_with_the_same_recurrence(monkeypatch):
   lam = np.concatenate([[10.0, 8.0, 6.0], rng.uniform(0.0, 1.0, 997)]).astype(np.float32)
   d = jax.numpy.asarray(lam)
   x = jax.numpy.zeros(lam.size, np.float32)
-  plain = lanczos(lambda v: d * v, x, 40, jax.random.key(0), return_basis=True)
+  plain = lanczos(lambda v: d * v, x, 40, jax.random.key(0), return_basis=True, host=False)
   sizes = []
   grow = mod._grow
   monkeypatch.setattr(mod, "_grow", lambda V, c, rows: (sizes.append(rows), grow(V, c, rows))[1])
   monkeypatch.setattr(mod, "_GROW_BYTES", 1)
-  grown = lanczos(lambda v: d * v, x, 40, jax.random.key(0), return_basis=True)
+  grown = lanczos(lambda v: d * v, x, 40, jax.random.key(0), return_basis=True, host=False)
   assert sizes == [16, 32, 64], sizes
   np.testing.assert_allclose(grown.alphas, plain.alphas, rtol=1e-5)
   np.testing.assert_allclose(grown.betas, plain.betas, rtol=1e-4)

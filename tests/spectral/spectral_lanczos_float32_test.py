@@ -3,7 +3,9 @@
 The operator is ``v -> d * v`` with d = [linspace(1, 10, 10), bulk · U(0, 1)]
 (the user's report in issue 16): its eigenvalues are the entries of d, its
 eigenvectors the coordinate axes, and for a Rademacher start vector the exact
-spectral measure puts weight 1/n on every eigenvalue.
+spectral measure puts weight 1/n on every eigenvalue. Every call pins the device path
+(``host=False``: a float32 basis in jitted steps), whose float32 accuracy is what these
+tests hold; the host path's float64 basis is tested in spectral_lanczos_host_test.py.
 """
 
 import functools
@@ -43,10 +45,12 @@ def test_no_false_restart_orthonormal_basis_and_top10(case):
   d32 = _diag(n, bulk)
   d = jnp.asarray(d32)
   mv = lambda v: d * v
-  res = lanczos(mv, jnp.zeros(n, jnp.float32), 80, jax.random.key(0), return_basis=True)
+  res = lanczos(mv, jnp.zeros(n, jnp.float32), 80, jax.random.key(0), return_basis=True,
+                host=False)
   gram = _gram_error(res.basis)
   exact = np.sort(d32.astype(np.float64))[::-1][:10]
-  pairs = eigen.top_eigenpairs(mv, jnp.zeros(n, jnp.float32), 10, jax.random.key(0), num_iters=80)
+  pairs = eigen.top_eigenpairs(mv, jnp.zeros(n, jnp.float32), 10, jax.random.key(0), num_iters=80,
+                               host=False)
   err = np.abs(pairs.eigenvalues - exact).max()
   print(case, "|VV^T - I|", gram, "top-10 err", err, "min beta", res.betas.min())
   # No restart: every β is a genuine residual (the bulk keeps it ≥ ~bulk/4 after the
@@ -66,7 +70,8 @@ def test_density_matches_the_exact_spectral_measure(case):
   n, bulk = CASES[case]
   d32 = _diag(n, bulk)
   d = jnp.asarray(d32)
-  dens = spectral_density(lambda v: d * v, jnp.zeros(n, jnp.float32), 80, 1, jax.random.key(1))
+  dens = spectral_density(lambda v: d * v, jnp.zeros(n, jnp.float32), 80, 1, jax.random.key(1),
+                          host=False)
   nodes, w = dens.nodes[0], dens.weights[0]
   lam = d32.astype(np.float64)
   # A restart leaves every later node with weight exactly 0 (68 of 80 before the fix).
@@ -93,7 +98,8 @@ def test_genuine_breakdown_still_restarts_in_float32():
   """Three distinct eigenvalues at n = 1e5: the Krylov space closes after 3 steps."""
   n = 100_000
   d = jnp.asarray(np.repeat(np.float32([1.0, 2.0, 5.0]), n // 3 + 1)[:n])
-  res = lanczos(lambda v: d * v, jnp.zeros(n, jnp.float32), 9, jax.random.key(2), return_basis=True)
+  res = lanczos(lambda v: d * v, jnp.zeros(n, jnp.float32), 9, jax.random.key(2), return_basis=True,
+                host=False)
   assert np.flatnonzero(res.betas == 0).tolist() == [2, 5]
   assert _gram_error(res.basis) <= 1e-6  # a few float32 eps
   th = np.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))
@@ -104,7 +110,7 @@ def _pairs_and_reference(d32, k, num_iters, key):
   n = d32.size
   d = jnp.asarray(d32)
   pairs = eigen.top_eigenpairs(lambda v: d * v, jnp.zeros(n, jnp.float32), k, key,
-                               num_iters=num_iters)
+                               num_iters=num_iters, host=False)
   Y = np.asarray(pairs.eigenvectors)  # (k, n) float32, as returned
   # the same float32 product the operator computes (IEEE multiply), then float64
   AY = (d32[None] * Y).astype(np.float64)

@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.tree_util import Partial
 
 from jaxlab._tree import path_parts
-from jaxlab.models import contract
+from jaxlab.models import contract, precision
 
 PyTree = Any
 Batch = Any
@@ -567,7 +567,8 @@ _BATCHES_DOC = """batches: one batch, several, or a data set, read by this rule:
 
 
 def hessian_vp(loss_fn: Callable, params: PyTree, batches: Any, *, state: Any = None,
-               key: Any = None, train: bool = False, num_batches: int | None = None) -> Callable:
+               key: Any = None, train: bool = False, num_batches: int | None = None,
+               compute_dtype: Any = None) -> Callable:
   """Hessian-vector product of a mean loss over one batch or a whole data set.
 
   Math:
@@ -594,6 +595,13 @@ def hessian_vp(loss_fn: Callable, params: PyTree, batches: Any, *, state: Any = 
       batch statistics of each batch (and dropout with ``key``); the state is
       still neither differentiated nor updated.
     num_batches: how many steps of a step -> batch function make the data set.
+    compute_dtype: None (default): the loss as it computes. ``"bfloat16"``:
+      mixed precision (:func:`jaxlab.models.precision.mixed_precision`): the
+      params, ``v`` and the floating batch leaves are cast to bfloat16 inside
+      the product, the loss is returned float32, and ``Hv`` comes back in
+      ``v``'s dtype (float32); the sum over batches of a data set, and
+      Lanczos, trace and density on top, stay float32. ``"float32"``: as None.
+      Accuracy against float32: see ``jaxlab.spectral.eigen.top_eigenpairs``.
 
   Returns:
     ``matvec(v) -> Hv`` with ``v`` and ``Hv`` shaped like ``params``: a
@@ -614,13 +622,15 @@ def hessian_vp(loss_fn: Callable, params: PyTree, batches: Any, *, state: Any = 
   References:
     Pearlmutter, "Fast exact multiplication by the Hessian", Neural Comput. 1994.
   """
+  loss_fn = precision.mixed_precision(loss_fn, compute_dtype)  # unchanged for None / float32
   loss = probe_loss(loss_fn, state=state, key=key, train=train)
   return _operator("hvp", (loss,), params, batches, num_batches)
 
 
 def ggn_vp(apply_fn: Callable, output_loss_fn: Callable, params: PyTree, batches: Any,
            has_aux: bool | None = None, *, state: Any = None, key: Any = None,
-           train: bool = False, num_batches: int | None = None) -> Callable:
+           train: bool = False, num_batches: int | None = None,
+           compute_dtype: Any = None) -> Callable:
   """Generalized Gauss-Newton-vector product ``Gv = (1/N) Σ_i J_iᵀ H_i J_i v``.
 
   Math:
@@ -646,6 +656,11 @@ def ggn_vp(apply_fn: Callable, output_loss_fn: Callable, params: PyTree, batches
       must be; False: the output is used as it is.
     state, key, train: as in :func:`hessian_vp` (fixed state, eval mode by default).
     num_batches: as in :func:`hessian_vp`.
+    compute_dtype: None (default): the model as it computes. ``"bfloat16"``:
+      ``J v`` and ``Jᵀ u`` in bfloat16 (params, ``v`` and ``x`` cast;
+      :func:`jaxlab.models.precision.mixed_precision_apply`), the outputs
+      cast to float32, so the output Hessian ``H_i`` and the sums over
+      examples and batches are float32; ``Gv`` in ``v``'s dtype.
 
   Returns:
     ``matvec(v) -> Gv`` shaped like ``params`` (a :class:`BatchOperator` or a
@@ -665,6 +680,7 @@ def ggn_vp(apply_fn: Callable, output_loss_fn: Callable, params: PyTree, batches
   if not callable(output_loss_fn):
     raise ValueError(f"output_loss_fn={output_loss_fn!r} is not callable; allowed: "
                      "output_loss_fn(output_i, y_i) -> scalar.")
+  apply_fn = precision.mixed_precision_apply(apply_fn, compute_dtype)  # None: unchanged
   model = probe_apply(apply_fn, state=state, key=key, train=train, has_aux=has_aux)
   return _operator("ggn", (model, Partial(output_loss_fn)), params, batches, num_batches,
                    check=lambda b, name: _xy(b, name))

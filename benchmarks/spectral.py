@@ -25,6 +25,8 @@ both. Every number is compared at equal accuracy against a reference:
   * first call: top_eigenpairs(k=1, num_iters=20) on a ~100k-parameter MLP (batch
     512) from a cold start, compile included, against PyHessian's power iteration to a
     relative error <= 1e-3 (its fastest tol among 1e-3, 1e-4), construction included; then our warm call and a call with a new num_iters;
+    wall and process CPU time, load average before and after; --first-call-host picks
+    top_eigenpairs' host argument (default auto: the NumPy host path on CPU);
   * CNN: 20 Lanczos steps on SmallCNN (Conv-BatchNorm-ReLU x2, eval mode at fixed
     batch statistics) on 256 sklearn digits, per call after compile: one batch,
     [batch], 4 batches of 64, a user's own HVP as a plain ``Partial`` and
@@ -520,7 +522,7 @@ def bench_costs(cfg, seed=0):
   return dict(num_params=int(n), lanczos_iters=m, loop_s_per_step=t_loop / m, rows=rows)
 
 
-def bench_first_call(cfg, skip_peer):
+def bench_first_call(cfg, skip_peer, host=None):
   """A cold top_eigenpairs(k=1), compile included, vs PyHessian's power iteration to tol 1e-3.
 
   Run first in the process, so nothing of ours is compiled yet. The MLP is
@@ -529,8 +531,14 @@ def bench_first_call(cfg, skip_peer):
   converged far below 1e-3). PyHessian's time includes building its hessian
   object; its tol stops when the relative change of the estimate is < tol, which
   is not its error, so tol 1e-3 and 1e-4 are run and the faster one whose error
-  is <= 1e-3 is reported.
+  is <= 1e-3 is reported. ``host`` is top_eigenpairs' argument (None: its automatic
+  rule, the NumPy host path for these CPU params; False: the jitted device path).
+  Each time comes with the process CPU time over the same interval
+  (``time.process_time``: every thread of the process, torch's included), less
+  sensitive than wall time to other jobs on a shared machine; the load average
+  (1, 5, 15 min) is recorded before and after.
   """
+  load_before = os.getloadavg()
   sizes = cfg["first_sizes"]
   params = train(mlp_init(3, sizes), make_data(4, sizes, cfg["first_batch"]), 20)
   batch = make_data(5, sizes, cfg["first_batch"])
@@ -539,19 +547,22 @@ def bench_first_call(cfg, skip_peer):
   block(params)
 
   def ours(num_iters=None):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pairs = top_eigenpairs(ops.hessian_vp(loss_fn, params, batch), params, k=1, key=key,
-                           num_iters=num_iters)
-    return time.perf_counter() - t0, float(pairs.eigenvalues[0])
+                           num_iters=num_iters, host=host)
+    return time.perf_counter() - t0, time.process_time() - c0, float(pairs.eigenvalues[0])
 
   m = cfg["first_iters"]  # Lanczos reaches 1e-3 in far fewer products than power iteration
-  t_first, lam_first = ours(m)
-  t_warm, _ = ours(m)
-  t_new_iters, lam_default = ours()  # the default num_iters (60 for k=1): a new compile
+  t_first, c_first, lam_first = ours(m)
+  t_warm, c_warm, _ = ours(m)
+  # the default num_iters (60 for k=1): a new compile on the device path
+  t_new_iters, c_new_iters, lam_default = ours()
   ref = lanczos(ops.hessian_vp(loss_fn, params, batch), params, min(150, n), jax.random.key(9))
   lam = float(np.linalg.eigvalsh(tridiagonal(ref.alphas, ref.betas))[-1])
-  out = dict(num_params=int(n), batch=cfg["first_batch"], num_iters=m, ours_first_s=t_first,
-             ours_warm_s=t_warm, ours_new_num_iters_s=t_new_iters,
+  out = dict(num_params=int(n), batch=cfg["first_batch"], num_iters=m, host=host,
+             ours_first_s=t_first, ours_first_cpu_s=c_first, ours_warm_s=t_warm,
+             ours_warm_cpu_s=c_warm, ours_new_num_iters_s=t_new_iters,
+             ours_new_num_iters_cpu_s=c_new_iters,
              ours_rel_err=abs(lam_first - lam) / abs(lam),
              ours_default_iters_rel_err=abs(lam_default - lam) / abs(lam), reference_lam=lam)
   _, note, build = torch_side(params, batch, skip_peer)
@@ -560,17 +571,19 @@ def bench_first_call(cfg, skip_peer):
     runs = []
     for tol in (1e-3, 1e-4):  # its tol bounds the change per iteration, not the error
       torch.manual_seed(0)
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       vals, _ = build().eigenvalues(maxIter=1000, tol=tol, top_n=1)
-      runs.append(dict(tol=tol, time_s=time.perf_counter() - t0,
+      runs.append(dict(tol=tol, time_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0,
                        rel_err=abs(float(vals[0]) - lam) / abs(lam)))
     out["pyhessian_runs"] = runs
     ok = [r for r in runs if r["rel_err"] <= 1e-3]
     best = min(ok, key=lambda r: r["time_s"]) if ok else runs[-1]
     out["pyhessian_s"], out["pyhessian_rel_err"] = best["time_s"], best["rel_err"]
-    out["pyhessian_tol"] = best["tol"]
+    out["pyhessian_cpu_s"], out["pyhessian_tol"] = best["cpu_s"], best["tol"]
+    out["pyhessian_threads"] = torch.get_num_threads()
   else:
     out["pyhessian_note"] = note
+  out["load_before"], out["load_after"] = list(load_before), list(os.getloadavg())
   return out
 
 
@@ -786,22 +799,31 @@ def bench_cnn(cfg):
 def print_first_call(f):
   py = f.get("pyhessian_s")
   print(f"\nfirst call, top eigenvalue of a {f['num_params']}-parameter MLP (batch {f['batch']}), "
-        "compile included:")
-  print(f"| | jaxlab top_eigenpairs(k=1, num_iters={f['num_iters']}) | PyHessian eigenvalues"
-        f"(tol={f.get('pyhessian_tol', 1e-3):g}), the fastest tol reaching rel err <= 1e-3 |")
+        f"compile included (load average {fmt_load(f['load_before'])} before, "
+        f"{fmt_load(f['load_after'])} after):")
+  print(f"| | jaxlab top_eigenpairs(k=1, num_iters={f['num_iters']}, host={f['host']}) | "
+        f"PyHessian eigenvalues(tol={f.get('pyhessian_tol', 1e-3):g}), the fastest tol reaching "
+        "rel err <= 1e-3 |")
   print("|---|---|---|")
   print(f"| first call s (ours cold, compile included) | {f['ours_first_s']:.2f} | "
         f"{fmt(py, '.2f')} |")
+  print(f"| first call, process CPU s | {f['ours_first_cpu_s']:.2f} | "
+        f"{fmt(f.get('pyhessian_cpu_s'), '.2f')} |")
   print(f"| rel err vs 150-step Lanczos | {f['ours_rel_err']:.1e} | "
         f"{fmt(f.get('pyhessian_rel_err'), '.1e')} |")
-  print(f"| warm call s | {f['ours_warm_s']:.2f} | — |")
-  print(f"| default num_iters (60), a new compile: s, rel err | {f['ours_new_num_iters_s']:.2f}, "
+  print(f"| warm call s (CPU s) | {f['ours_warm_s']:.2f} ({f['ours_warm_cpu_s']:.2f}) | — |")
+  print(f"| default num_iters (60; a new compile on the device path): s, rel err | "
+        f"{f['ours_new_num_iters_s']:.2f}, "
         f"{f['ours_default_iters_rel_err']:.1e} | — |")
   for r in f.get("pyhessian_runs", []):
-    print(f"  PyHessian tol {r['tol']:g}: {r['time_s']:.2f} s, rel err {r['rel_err']:.1e} "
-          "(the first run includes torch's own warm-up)")
+    print(f"  PyHessian tol {r['tol']:g}: {r['time_s']:.2f} s ({r['cpu_s']:.2f} s CPU), rel err "
+          f"{r['rel_err']:.1e} (the first run includes torch's own warm-up)")
   if "pyhessian_note" in f:
     print(f"  ({f['pyhessian_note']})")
+
+
+def fmt_load(la):
+  return " / ".join(f"{x:.1f}" for x in la)
 
 
 def print_cnn(c):
@@ -874,10 +896,14 @@ def main(argv=None):
   ap.add_argument("--only", default=None,
                   help=f"comma list of rows to run alone ({', '.join(ROWS)}); writes "
                        "spectral_rows[_quick].json")
+  ap.add_argument("--first-call-host", default="auto", choices=("auto", "host", "device"),
+                  help="top_eigenpairs' host argument in the first_call row: auto (None, its "
+                       "rule), host (True) or device (False)")
   ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/spectral"
                   "[_quick].json)")
   args = ap.parse_args(argv)
   cfg = QUICK if args.quick else FULL
+  first_host = {"auto": None, "host": True, "device": False}[args.first_call_host]
   if args.batches is not None:
     try:
       batches = tuple(int(b) for b in args.batches.split(","))
@@ -895,7 +921,7 @@ def main(argv=None):
   if only is not None:
     res = {}
     if "first_call" in only:
-      res["first_call"] = bench_first_call(cfg, args.skip_peer)
+      res["first_call"] = bench_first_call(cfg, args.skip_peer, first_host)
       print_first_call(res["first_call"])
     if "cnn" in only:
       res["cnn"] = bench_cnn(cfg)
@@ -922,7 +948,8 @@ def main(argv=None):
     print(f"\nwrote {path}")
     return dict(costs=costs)
 
-  first_call = bench_first_call(cfg, args.skip_peer)  # first: nothing of ours compiled yet
+  # first: nothing of ours compiled yet
+  first_call = bench_first_call(cfg, args.skip_peer, first_host)
   sizes = cfg["sizes"]
   params = mlp_init(0, sizes)
   batch = make_data(1, sizes, cfg["batch"])

@@ -104,6 +104,19 @@ def arm_distribution(config, arm: str) -> tuple[float, float]:
           "ill_conditioned": (float(config.task.condition_number), 0.0)}[arm]
 
 
+def arm_curriculum(config, from_scratch: bool) -> tasks.Curriculum | None:
+  """The prompt curriculum of an arm: Garg et al.'s (Sec. 3) when task.curriculum is set.
+
+  The curriculum is for a model trained from initialization; an arm that fine-tunes a
+  trained model (arms_init = "noiseless") sees full-size prompts from its first step.
+  """
+  t = config.task
+  if not (t.curriculum and from_scratch):
+    return None
+  return tasks.Curriculum(t.dims_start, t.dim, t.dims_inc, t.points_start, t.n_points,
+                          t.points_inc, t.curriculum_interval)
+
+
 def train_arm(config, arm: str, workdir: str, init_params=None):
   """Trains the arm's model (from `init_params` if given); returns (model, params, history, s)."""
   t, m = config.task, config.model
@@ -112,10 +125,7 @@ def train_arm(config, arm: str, workdir: str, init_params=None):
   model = ICLTransformer(num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
                          max_points=t.n_points, normalize=m.normalize,
                          dtype=precision.resolve(m.compute_dtype, "model.compute_dtype"))
-  curriculum = None
-  if t.curriculum:
-    curriculum = tasks.Curriculum(t.dims_start, t.dim, t.dims_inc, t.points_start, t.n_points,
-                                  t.points_inc, t.curriculum_interval)
+  curriculum = arm_curriculum(config, from_scratch=init_params is None)
   seed = config.seed * 1000 + ARMS.index(arm)
   batches = training.PromptBatches(seed, config.train.batch_size, t.n_points, t.dim,
                                    condition_number=kappa, noise_std=sigma, curriculum=curriculum)

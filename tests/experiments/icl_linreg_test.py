@@ -62,6 +62,21 @@ def test_full_config_is_garg_scale():
           c.task.curriculum_interval) == (5, 1, 11, 2, 2000)
 
 
+def test_curriculum_only_for_arms_trained_from_scratch():
+  """Garg et al.'s curriculum shrinks the prompts of a model trained from initialization; an arm
+  that fine-tunes a trained model (arms_init = "noiseless") must see full-size prompts."""
+  from experiments import icl_linreg
+
+  c = run.load_config(CONFIG + ":quick")
+  c.task.update(curriculum=True, dims_start=2, points_start=5, curriculum_interval=400)
+  cur = icl_linreg.arm_curriculum(c, from_scratch=True)
+  assert (cur.dims_start, cur.dims_end, cur.points_start, cur.points_end, cur.interval) \
+      == (2, c.task.dim, 5, c.task.n_points, 400)
+  assert icl_linreg.arm_curriculum(c, from_scratch=False) is None
+  c.task.curriculum = False
+  assert icl_linreg.arm_curriculum(c, from_scratch=True) is None
+
+
 def _steps(v) -> float:
   """`gd_steps_to_match_model` / `newton_steps_to_match_model`: an int, or "> N" (none matched)."""
   return float("inf") if isinstance(v, str) else float(v)

@@ -14,27 +14,29 @@ steps per task, never reset. Arms: plain MLP; + LayerNorm before each ReLU;
 + LayerNorm + NaP projection; plain MLP + decoupled weight decay (AdamW). The
 long-horizon arms repeat norm and nap with a 10× learning rate and more tasks.
 
-Runtime (quick: 10 tasks × 1,500 steps, 4 arms + 2 long-horizon arms): 280 s of
-CPU in all (≈ 45 s per arm), about 5 min on an idle 2-core CPU; measured 11.8
-min wall on a 2-core machine shared with ~5 agents (load ≈ 14). Full (20
+Runtime (quick: 10 tasks × 1,500 steps, 4 arms + 2 long-horizon arms): 167 s of
+CPU in all (user + sys; 30-70 s per arm), 5 min 22 s wall on a 2-core machine
+shared with other jobs (load ≈ 20, OPENBLAS_NUM_THREADS=1, niced). Full (20
 tasks; long horizon 30 tasks): about twice that.
 
-Expected (quick, measured, seed 0; end-of-task train accuracy per task;
-η/‖θ‖² of the hidden layers relative to its initial value):
-  plain  1.00 1.00 1.00 1.00 0.95 0.45 0.25 0.17 0.15 0.12   (drop 88 points;
-         η/‖θ‖² falls to 0.27×; ‖θ‖ ×2.0; 49% dead ReLUs)
-  norm   1.00 × 10   (‖θ‖ ×1.55, dense_0 ×1.13, dense_1 ×1.72; η/‖θ‖² falls
+Expected (quick, measured, seed 0, re-run at commit c6d9a32; end-of-task train
+accuracy per task; η/‖θ‖² of the hidden layers relative to its initial value):
+  plain  1.00 1.00 1.00 1.00 0.97 0.54 0.27 0.15 0.16 0.14   (drop 86.5 points;
+         η/‖θ‖² falls to 0.26×; ‖θ‖ ×2.07; 49% dead ReLUs)
+  norm   1.00 × 10   (‖θ‖ ×1.54, dense_0 ×1.13, dense_1 ×1.70; η/‖θ‖² falls
          task by task 0.98 → 0.56×; 0 dead)
   nap    1.00 × 10   (projected layers on their sphere: η/‖θ‖² constant to 2e-7;
-         0 dead; LayerNorm scale/offset free, readout free: ‖θ‖ ×1.25)
-  wd     1.00 … 0.83 0.52 0.35 0.19 0.15   (AdamW λ = 0.1 does not prevent it)
+         0 dead; LayerNorm scale/offset free, readout free: ‖θ‖ ×1.24)
+  wd     1.00 1.00 1.00 1.00 1.00 0.89 0.51 0.22 0.17 0.23   (AdamW λ = 0.1 does
+         not prevent it)
   long horizon, η = 1e-2: norm keeps every task ≥ 0.99 for 9 tasks but slows
-  down (steps to 90% of a task, mean of first vs last three tasks: 333 → 917;
-  task 10 ends at 0.80) as dense_1 grows ×20 and η/‖θ‖² falls to 0.02×; nap
-  at the same constant η collapses to chance (0.12) from task 6 with 77% dead
-  ReLUs (its LayerNorm offsets are free): at this η the implicit decay is
-  doing necessary work, which NaP must replace with an explicit schedule
-  (see nap_stationary).
+  down (steps to 90% of a task, read at the evaluations every 250 steps, a
+  task that never gets there counted as 1,500; mean of first vs last three
+  tasks: 250 → 1,000) and task 10 ends at 0.13, as dense_1 grows ×20 and
+  η/‖θ‖² falls to 0.02×; nap at the same constant η collapses to chance
+  (0.11-0.13) from task 5 with 71% dead ReLUs (its LayerNorm offsets are free):
+  at this η the implicit decay is doing necessary work, which NaP must replace
+  with an explicit schedule (see nap_stationary).
 """
 from experiments.configs import common
 

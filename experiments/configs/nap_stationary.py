@@ -17,9 +17,9 @@ moves by ~1.5 points from seed to seed (1,000 test inputs) and a paired
 difference between arms has sd 1.1-1.6 points, so the quick setting averages
 10 seeds (standard error 0.3-0.5 points) to resolve a 1-point gap.
 
-Runtime (quick, 10 seeds × 3 arms × 2,000 steps): about 180 s of CPU (252 s
-measured for 14 seeds; 10 min wall at load ~15 on a 2-core machine). Full
-(5 seeds × 6,000 steps): about 1.5× that.
+Runtime (quick, 10 seeds × 3 arms × 2,000 steps): 219 s of CPU measured (12.5
+min wall at load ~22 on a 2-core machine; 252 s for 14 seeds). Full (5 seeds ×
+6,000 steps): about 1.5× that.
 
 Expected (quick, measured, seeds 0-9, data seed 42): test accuracy baseline
 0.701 (train 1.00), nap_schedule 0.702 (+0.08 ± 0.32 points, paired mean ±

@@ -71,6 +71,7 @@ def validate(config) -> None:
     raise ValueError(f"config key 'pretrain.batch_size': {config.pretrain.batch_size}; "
                      f"allowed: at most data.num_train ({n})")
   mesh_lib.check_config(config, ("pretrain.batch_size",))
+  models.precision.check_config(config, "model.compute_dtype")
   if config.stability.num_steps % config.stability.eval_every_steps:
     raise ValueError(f"config key 'stability.num_steps': {config.stability.num_steps}; allowed: "
                      f"a multiple of stability.eval_every_steps "
@@ -334,7 +335,8 @@ def main(config, workdir: str) -> dict:
   ds = data.mnist1d(config.data.num_samples, config.data.data_seed).subset(config.data.num_train)
   n = len(ds.x_train)
   model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes,
-                     activation=config.model.activation)
+                     activation=config.model.activation,
+                     compute_dtype=config.model.compute_dtype)
   per_example, probe, weighted = _losses(model.apply)
   k_init, k_sharp, k_adam = jax.random.split(jax.random.key(config.seed), 3)
   arrays = {"x": ds.x_train, "y": ds.y_train}

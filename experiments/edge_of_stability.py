@@ -40,6 +40,7 @@ def validate(config) -> None:
   checks.positive_sizes(config, "model.hidden_sizes")
   checks.choice(config, "loss", LOSSES)
   mesh_lib.check_config(config, ("data.num_train",))  # the full batch
+  models.precision.check_config(config, "model.compute_dtype")
   lrs = tuple(config.learning_rates)
   if not lrs or min(lrs) <= 0:
     raise ValueError(f"config key 'learning_rates': {lrs!r}; allowed: a non-empty tuple of "
@@ -89,7 +90,8 @@ def main(config, workdir: str) -> dict:
   ds = ds.subset(config.data.num_train)
   model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes,
                      parametrization=config.model.parametrization,
-                     activation=config.model.activation)
+                     activation=config.model.activation,
+                     compute_dtype=config.model.compute_dtype)
   loss_fn, probe = full_batch_losses(model.apply, config.loss, ds.num_classes)
   batch = {"x": ds.x_train, "y": ds.y_train}
   params = model.init(jax.random.key(config.seed))

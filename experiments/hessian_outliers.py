@@ -42,6 +42,7 @@ def validate(config) -> None:
               "spectrum.hessian_examples", "spectrum.density_iters", "spectrum.density_draws"):
     checks.positive(config, key)
   mesh_lib.check_config(config)
+  models.precision.check_config(config, "model.compute_dtype")
   if config.mixture.num_train < max(config.mixture.num_classes):
     raise ValueError(f"config key 'mixture.num_train': {config.mixture.num_train}; allowed: at "
                      f"least max(mixture.num_classes) = {max(config.mixture.num_classes)}")
@@ -85,7 +86,8 @@ def run_arm(config, ds, hidden_sizes, workdir: str) -> dict:
   """Trains one MLP, then measures the top Hessian eigenvalues and the SLQ density."""
   model = models.mlp(ds.input_dim, hidden_sizes, ds.num_classes,
                      parametrization=config.model.parametrization,
-                     activation=config.model.activation)
+                     activation=config.model.activation,
+                     compute_dtype=config.model.compute_dtype)
   key_init, key_train, key_l, key_d = jax.random.split(jax.random.key(config.seed), 4)
   tx, schedule = recipes.build_optimizer(config.optimizer, config.train.num_steps)
   loss_fn = recipes.classification_loss(model.apply)

@@ -64,6 +64,7 @@ def validate(config) -> None:
                      f"data.num_train={config.data.num_train}")
   checks.divisible_by_devices(config, "train.batch_size")
   mesh_lib.check_config(config)
+  models.precision.check_config(config, "model.compute_dtype")
 
 
 def param_shapes(config) -> dict:
@@ -112,7 +113,7 @@ def run_arm(config, arm: str, num_tasks: int, learning_rate: float, workdir: str
                                batch_size=config.train.batch_size, num_classes=ds.num_classes,
                                seed=config.seed)
   model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes,
-                     normalize=NORMALIZED[arm])
+                     normalize=NORMALIZED[arm], compute_dtype=config.model.compute_dtype)
   key_init, key_train = jax.random.split(jax.random.key(config.seed))
   params = model.init(key_init)
   tx = build_tx(arm, config.optimizer.name, learning_rate, config.optimizer.weight_decay)

@@ -47,6 +47,7 @@ def validate(config) -> None:
   checks.mnist1d_samples(config, "data", "train.batch_size")
   checks.divisible_by_devices(config, "train.batch_size")
   mesh_lib.check_config(config)
+  models.precision.check_config(config, "model.compute_dtype")
 
 
 def param_shapes(config) -> dict:
@@ -57,7 +58,8 @@ def param_shapes(config) -> dict:
 
 
 def run_arm(config, arm, ds, schedule, scale, workdir, seed):
-  model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes, normalize=True)
+  model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes, normalize=True,
+                     compute_dtype=config.model.compute_dtype)
   key_init, key_train = jax.random.split(jax.random.key(seed))
   params = model.init(key_init)
   base = optim.get(config.optimizer.name, learning_rate=schedule)

@@ -78,7 +78,8 @@ def get_config(arg=None):
   opts = common.parse_arg(arg, quick=False)
   c = common.base_config("batch_hessian", quick=opts.quick)
   c.data = dict(num_samples=5000, num_train=4000, data_seed=42)
-  c.model = dict(hidden_sizes=(128, 128), activation="relu")
+  # compute_dtype "bfloat16": mixed precision, float32 master weights.
+  c.model = dict(hidden_sizes=(128, 128), activation="relu", compute_dtype="float32")
   c.pretrain = dict(learning_rate=0.05, batch_size=64, num_steps=2000)
   c.mesh = common.mesh_config()
   c.sharpness = dict(batch_sizes=(2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048), draws=8,

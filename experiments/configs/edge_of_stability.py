@@ -42,7 +42,9 @@ def get_config(arg=None):
   opts = common.parse_arg(arg, quick=False)
   c = common.base_config("edge_of_stability", quick=opts.quick)
   c.data = dict(num_samples=5000, num_train=4000, data_seed=42)
-  c.model = dict(hidden_sizes=(200, 200), activation="tanh", parametrization="standard")
+  # compute_dtype "bfloat16": mixed precision, float32 master weights.
+  c.model = dict(hidden_sizes=(200, 200), activation="tanh", parametrization="standard",
+                 compute_dtype="float32")
   c.loss = "mse"
   c.learning_rates = (0.06, 0.08, 0.10)
   c.train = dict(num_steps=16000, log_every_steps=10, sharpness_every_steps=40, progress=False)

@@ -45,7 +45,9 @@ def get_config(arg=None):
   c = common.base_config("hessian_outliers", quick=opts.quick)
   c.mixture = dict(num_classes=(2, 5, 10), dim=40, num_train=4000, separation=4.0, data_seed=0)
   c.mnist1d = dict(enabled=True, num_samples=5000, num_train=4000, data_seed=42)
-  c.model = dict(hidden_sizes=(256, 256), activation="relu", parametrization="standard")
+  # compute_dtype "bfloat16": mixed precision, float32 master weights.
+  c.model = dict(hidden_sizes=(256, 256), activation="relu", parametrization="standard",
+                 compute_dtype="float32")
   c.widths = (64, 128, 256, 512)
   c.optimizer = dict(name="sgd", learning_rate=0.05, schedule="constant", warmup_steps=0)
   c.train = dict(num_steps=3000, batch_size=128, log_every_steps=100, progress=False)

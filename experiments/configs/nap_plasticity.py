@@ -47,7 +47,8 @@ def get_config(arg=None):
 
   c.data = dict(num_samples=5000, num_train=1000, data_seed=42)
   c.tasks = dict(kind="random_labels", num_tasks=20, steps_per_task=1500)
-  c.model = dict(hidden_sizes=(256, 256))
+  # compute_dtype "bfloat16": mixed precision, float32 master weights.
+  c.model = dict(hidden_sizes=(256, 256), compute_dtype="float32")
   c.optimizer = dict(name="adam", learning_rate=1e-3, weight_decay=0.1)
   c.arms = ("plain", "norm", "nap", "wd")
   c.long_horizon = dict(arms=("norm", "nap"), num_tasks=30, learning_rate=1e-2)

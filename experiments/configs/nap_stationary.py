@@ -45,7 +45,8 @@ def get_config(arg=None):
   c = common.base_config("nap_stationary", quick=opts.quick)
 
   c.data = dict(num_samples=5000, data_seed=42)
-  c.model = dict(hidden_sizes=(256, 256))
+  # compute_dtype "bfloat16": mixed precision, float32 master weights.
+  c.model = dict(hidden_sizes=(256, 256), compute_dtype="float32")
   c.optimizer = dict(name="adam", learning_rate=1e-2)
   c.arms = ("baseline", "nap", "nap_schedule")
   c.schedule = dict(power=1.0, per_group=False)

@@ -43,6 +43,13 @@ def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_dra
     ``φ(t) ≈ (1/n_v) Σ_l Σ_j τ_j^l δ(t − θ_j^l)`` (Lin, Saad & Yang 2016,
     eq. 3.1 and §3.2; Ghorbani et al. 2019, eq. 4; Yao et al. 2020, Alg. 3).
 
+  Mixed precision (bfloat16 products from ``hessian_vp(...,
+  compute_dtype="bfloat16")``, Lanczos in ``dtype``), measured against float32
+  (``benchmarks/precision.py``, same draws, 60 steps × 2 draws): the first two
+  moments within 0.3% (MNIST-1D MLP, 2×256) and 0.9% (tiny ICL transformer;
+  1.7% with the model itself in bfloat16); the densities broadened by 1% of
+  the spectral range differ by 0.006% and 0.03% in L1.
+
   Args:
     matvec: symmetric linear map ``pytree -> pytree``.
     params_like: pytree shaped like the matvec's input.

@@ -601,7 +601,14 @@ def hessian_vp(loss_fn: Callable, params: PyTree, batches: Any, *, state: Any = 
       the product, the loss is returned float32, and ``Hv`` comes back in
       ``v``'s dtype (float32); the sum over batches of a data set, and
       Lanczos, trace and density on top, stay float32. ``"float32"``: as None.
-      Accuracy against float32: see ``jaxlab.spectral.eigen.top_eigenpairs``.
+      Each product errs by ≤ 0.6·2^-8·‖H‖‖v‖ against the dense float64
+      Hessian of a small MLP (``tests/spectral/spectral_bf16_test.py``); the
+      top-5 eigenvalues and the density's moments are within 0.08-0.3%
+      (MNIST-1D MLP) and 0.9% (tiny ICL transformer) of float32 (see
+      :func:`~jaxlab.spectral.eigen.top_eigenpairs`). The batch's floating
+      targets are cast too (≤ 2^-9 relative): for a regression on float32
+      targets, build the model with a bfloat16 compute dtype instead (e.g.
+      ``ICLTransformer(dtype=jnp.bfloat16)``) and leave this None.
 
   Returns:
     ``matvec(v) -> Hv`` with ``v`` and ``Hv`` shaped like ``params``: a

@@ -43,6 +43,10 @@ def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_dra
     ``φ(t) ≈ (1/n_v) Σ_l Σ_j τ_j^l δ(t − θ_j^l)`` (Lin, Saad & Yang 2016,
     eq. 3.1 and §3.2; Ghorbani et al. 2019, eq. 4; Yao et al. 2020, Alg. 3).
 
+  With ``params_like`` placed over a mesh, each draw's Lanczos basis stays split
+  over every device (see :func:`~jaxlab.spectral.lanczos.lanczos`); nodes and
+  weights equal the single-device ones to float32 rounding.
+
   Mixed precision (bfloat16 products from ``hessian_vp(...,
   compute_dtype="bfloat16")``, Lanczos in ``dtype``), measured against float32
   (``benchmarks/precision.py``, same draws, 60 steps × 2 draws): the first two
@@ -89,13 +93,15 @@ def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_dra
   if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
     raise ValueError(f"num_draws is {num_draws!r}; allowed: an int >= 1.")
   dt = resolve_dtype(params_like, dtype)
+  layout = ops.layout_of(params_like, "params_like")
+  kw = {} if layout is None else {"layout": layout}  # the single-device path as before
   use_host = lanczos_host.choose_host(host, params_like, spec.size, m)
   run, mv = (lanczos_host.run, tree_product(matvec)) if use_host else (run_lanczos, matvec)
   nodes, weights = [], []
   with ops.x64_scope(dt):
     for draw in range(int(num_draws)):  # Rademacher start vectors hashed from (key, draw)
       _, c, _ = run(mv, spec, key, m, bool(reorthogonalize), dt, dist="rademacher",
-                            salt=draw)
+                            salt=draw, **kw)
       T = tridiagonal(np.asarray(c.alphas, np.float64)[:m], np.asarray(c.betas, np.float64)[:m - 1])
       theta, U = np.linalg.eigh(T)
       nodes.append(theta)

@@ -13,6 +13,7 @@ from jaxlab.spectral import lanczos_host
 from jaxlab.spectral import operators as ops
 from jaxlab.spectral.lanczos import (
   _HI,
+  _as_tree,
   _ksum,
   check_iters,
   from_chunks,
@@ -91,6 +92,11 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     the start vector is nearly orthogonal to its eigenvector (true of any
     Krylov or power method); the returned ``residuals`` stay the explicit check.
 
+  Sharded params (``params_like`` placed over a mesh): the Lanczos basis stays
+  split over every device of the mesh (see :func:`~jaxlab.spectral.lanczos.lanczos`)
+  and the eigenvectors come back laid out like the params, the k axis whole;
+  the values equal the single-device ones to float32 rounding.
+
   Cost: m Lanczos steps (m products) plus k products for the residuals; for a
   data-set operator the k products are k more passes over the data. With
   ``tol``, one host synchronization per step. First call (compile included) of
@@ -164,9 +170,11 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
   use_host = lanczos_host.choose_host(host, params_like, n, m)
   mv = tree_product(matvec) if use_host else matvec
   stop = None if tol is None else functools.partial(_converged, k=k, which=which, tol=float(tol))
+  layout = ops.layout_of(params_like, "params_like")
+  kw = {} if layout is None else {"layout": layout}  # the single-device path as before
   with ops.x64_scope(dt):
     run = lanczos_host.run if use_host else run_lanczos
-    V, c, m = run(mv, spec, key, m, bool(reorthogonalize), dt, stop=stop)
+    V, c, m = run(mv, spec, key, m, bool(reorthogonalize), dt, stop=stop, **kw)
     alphas = np.asarray(c.alphas, np.float64)[:m]
     betas = np.asarray(c.betas, np.float64)[:m]
   theta, U = np.linalg.eigh(tridiagonal(alphas, betas[:-1]))
@@ -179,7 +187,7 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
   Uk[:, :m] = U[:, idx].T
   product = tree_product(matvec)
   with ops.x64_scope(dt):
-    vecs, ys = _ritz_vectors(jnp.asarray(Uk, dt), V, spec)
+    vecs, ys = _ritz_vectors(jnp.asarray(Uk, dt), V, spec, **kw)
     th = theta[idx]
     resid = np.asarray(_residual_norms(tuple(product(y) for y in ys), ys, _split(th, dt), spec),
                        np.float64)
@@ -212,14 +220,18 @@ def _converged(c, j: int, k: int, which: str, tol: float) -> bool:
   return bool(np.all(np.abs(b[-1] * U[-1, idx]) <= tol * np.abs(theta[idx])))
 
 
-@functools.partial(once_jit, static_argnames=("spec",))
-def _ritz_vectors(Uk, V, spec):
+@functools.partial(once_jit, static_argnames=("spec", "layout"))
+def _ritz_vectors(Uk, V, spec, layout=None):
   """Unit Ritz vectors ``U_kᵀ V`` as pytrees: stacked (leading axis k), and one per row
-  (for the residual products), both in the params' dtypes. V is chunk-major (K, rows, C)."""
+  (for the residual products), both in the params' dtypes, laid out like the params when
+  they are placed over a mesh. V is chunk-major (K, rows, C)."""
   Y = jnp.einsum("ir,krc->kic", Uk, V, precision=_HI)
   Y = from_chunks(Y / jnp.sqrt(_ksum(jnp.sum(Y * Y, axis=-1)))[None, :, None], spec.size)
-  ys = tuple(ops.unravel(Y[i], spec) for i in range(Y.shape[0]))
-  return jax.tree.map(lambda *a: jnp.stack(a), *ys), ys
+  ys = tuple(_as_tree(Y[i], spec, layout) for i in range(Y.shape[0]))
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *ys)
+  if layout is not None:
+    stacked = layout.constrain_tree(stacked, lead=1)
+  return stacked, ys
 
 
 @functools.partial(once_jit, static_argnames=("spec",))

@@ -114,10 +114,38 @@ def basis_rows(num_iters: int) -> int:
 _CHUNK = 128  # entries per chunk of a basis row (see _dots)
 
 
-def chunk_shape(n: int) -> tuple[int, int]:
-  """(K, C): a vector of n entries as K chunks of C ≤ 128 entries, ``K·C − n < K`` zeros of padding."""
+def chunk_shape(n: int, devices: int = 1) -> tuple[int, int]:
+  """(K, C): a vector of n entries as K chunks of C ≤ 128 entries, ``K·C − n < K`` zeros of padding.
+
+  K is a multiple of ``devices``, so a sharded basis splits K evenly over them.
+  """
   k = -(-int(n) // _CHUNK)
+  k = -(-k // devices) * devices
   return k, -(-int(n) // k)
+
+
+def _kc(n: int, layout: ops.Layout | None) -> tuple[int, int]:
+  return chunk_shape(n, 1 if layout is None else layout.mesh.size)
+
+
+def _keep(x: jax.Array, layout: ops.Layout | None) -> jax.Array:
+  """A chunk-major array split along K over the params' devices (as is without a layout)."""
+  return x if layout is None else layout.constrain_chunks(x)
+
+
+def _as_tree(x: jax.Array, spec: ops.FlatSpec, layout: ops.Layout | None) -> Any:
+  """A flat vector as a pytree in the params' dtypes, laid out like the params.
+
+  With a layout the vector (one, not the basis) is first gathered on every
+  device: cutting a K-split vector into leaves split another way is no even
+  reshard, which XLA's partitioner would otherwise do the same way with a
+  warning. The product gathers each parameter anyway (FSDP).
+  """
+  if layout is None:
+    return ops.unravel(x, spec)
+  x = jax.lax.with_sharding_constraint(
+      x, jax.sharding.NamedSharding(layout.mesh, jax.sharding.PartitionSpec()))
+  return layout.constrain_tree(ops.unravel(x, spec))
 
 
 def to_chunks(x: jax.Array, kc: tuple[int, int]) -> jax.Array:
@@ -262,11 +290,13 @@ class _Carry(NamedTuple):
   broke: jax.Array  # bool (), the last step reached an invariant subspace: restart pending
 
 
-def _init(x0: jax.Array, seed: jax.Array, rows: int) -> tuple[jax.Array, _Carry]:
+def _init(x0: jax.Array, seed: jax.Array, rows: int,
+          layout: ops.Layout | None = None) -> tuple[jax.Array, _Carry]:
   """x0 flat (n,) -> the basis (K, rows, C) with row 0 = x0 / ‖x0‖, and the carry."""
   dt = x0.dtype
-  x = to_chunks(x0, chunk_shape(x0.shape[0]))
-  V = _set_row(jnp.zeros((x.shape[0], rows, x.shape[1]), dt), 0, x / _norm(x))
+  x = _keep(to_chunks(x0, _kc(x0.shape[0], layout)), layout)
+  V = _keep(jnp.zeros((x.shape[0], rows, x.shape[1]), dt), layout)
+  V = _keep(_set_row(V, 0, x / _norm(x)), layout)
   z = jnp.zeros((rows,), dt)
   return V, _Carry(z, z, jnp.zeros((), dt), jnp.zeros((), jnp.int32), seed,
                    jnp.zeros((), bool))
@@ -354,39 +384,44 @@ def once_jit(fun: Callable, **jit_kwargs) -> Callable:
   return call
 
 
-@functools.partial(once_jit, static_argnames=("spec", "rows", "dtype", "dist"))
-def _start(key, salt, v0, spec, rows, dtype, dist):
-  """(V, carry, v₁ as a pytree in the params' dtypes) for the host-driven loop."""
+@functools.partial(once_jit, static_argnames=("spec", "rows", "dtype", "dist", "layout"))
+def _start(key, salt, v0, spec, rows, dtype, dist, layout=None):
+  """(V, carry, v₁ as a pytree in the params' dtypes) for the host-driven loop.
+
+  With a ``layout`` (params placed over a mesh) the basis is split along its
+  chunk axis K over every device and v₁ is laid out like the params.
+  """
   x0, seed = _start_vector(key, salt, v0, spec, dtype, dist)
-  V, c = _init(x0, seed, rows)
-  return V, c, ops.unravel(from_chunks(_row(V, 0), spec.size), spec)
+  V, c = _init(x0, seed, rows, layout)
+  return V, c, _as_tree(from_chunks(_row(V, 0), spec.size), spec, layout)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",), donate_argnums=0)
-def _restart(V, c, spec):
+@functools.partial(jax.jit, static_argnames=("spec", "layout"), donate_argnums=0)
+def _restart(V, c, spec, layout=None):
   """Replace row c.j after a breakdown (see :func:`_restart_row`); compiled only when needed."""
-  V = _restart_row(V, c, spec.size)
-  return V, c._replace(broke=jnp.zeros((), bool)), ops.unravel(from_chunks(_row(V, c.j), spec.size),
-                                                               spec)
+  V = _keep(_restart_row(V, c, spec.size), layout)
+  return V, c._replace(broke=jnp.zeros((), bool)), _as_tree(
+      from_chunks(_row(V, c.j), spec.size), spec, layout)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "reorth"), donate_argnums=0)
-def _step(V, c, av, spec, reorth):
+@functools.partial(jax.jit, static_argnames=("spec", "reorth", "layout"), donate_argnums=0)
+def _step(V, c, av, spec, reorth, layout=None):
   """One host-driven step: flatten ``A v_j``, update, return ``v_{j+1}`` as a pytree.
 
   One compiled piece per (params spec, basis rows) whatever ``num_iters``; the
   basis is donated, so the row written each step updates it in place.
   """
-  av = to_chunks(ops.ravel(av, spec, V.dtype), chunk_shape(spec.size))
+  av = _keep(to_chunks(ops.ravel(av, spec, V.dtype), _kc(spec.size, layout)), layout)
   V, c = _update(V, c, av, reorth)
-  return V, c, ops.unravel(from_chunks(_row(V, c.j), spec.size), spec)
+  V = _keep(V, layout)
+  return V, c, _as_tree(from_chunks(_row(V, c.j), spec.size), spec, layout)
 
 
-@functools.partial(once_jit, static_argnames=("rows",))
-def _grow(V, c, rows):
+@functools.partial(once_jit, static_argnames=("rows", "layout"))
+def _grow(V, c, rows, layout=None):
   """The basis and coefficients padded with zero rows to ``rows``."""
   pad = rows - V.shape[1]
-  return (jnp.pad(V, ((0, 0), (0, pad), (0, 0))),
+  return (_keep(jnp.pad(V, ((0, 0), (0, pad), (0, 0))), layout),
           c._replace(alphas=jnp.pad(c.alphas, (0, pad)), betas=jnp.pad(c.betas, (0, pad))))
 
 
@@ -411,7 +446,8 @@ def check_iters(num_iters: Any, n: int, name: str = "num_iters") -> int:
 
 def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, dtype: Any,
                 v0: Any = None, dist: str = "uniform", salt: int = 0,
-                stop: Callable | None = None) -> tuple[jax.Array, _Carry, int]:
+                stop: Callable | None = None,
+                layout: ops.Layout | None = None) -> tuple[jax.Array, _Carry, int]:
   """Lanczos from a hashed start vector of the key (or the pytree v0), inside the caller's x64 scope.
 
   Every run is driven from Python: the product is its own compiled program
@@ -436,6 +472,14 @@ def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, d
   saved at that size. Returns the basis ``(K, rows, C)`` (chunk-major, see
   :func:`_dots`; :func:`from_chunks` gives ``(rows, n)``), the carry
   (``alphas``/``betas`` zero beyond the steps done) and the number of steps done.
+
+  ``layout`` (:func:`~jaxlab.spectral.operators.layout_of` of the params, None
+  on the single-device path): the basis is split along K over every device of
+  the params' mesh (K a multiple of the device count, see :func:`chunk_shape`),
+  so a device holds about ``rows · n / devices`` entries, and each ``v_j`` is
+  handed to the product laid out like the params; the Gram-Schmidt sums become
+  per-device partial sums plus one all-reduce, XLA's SPMD partitioning of the
+  same program.
   """
   rows = basis_rows(num_iters)
   dt = np.dtype(dtype)
@@ -446,13 +490,14 @@ def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, d
     start = basis_rows(min(num_iters, 7))
   elif stop is not None:  # likely to stop early: start with at most 32 rows, grow if needed
     start = min(rows, basis_rows(min(num_iters, _BLOCK - 1)))
-  V, c, x = _start(key, salt, v0, spec=spec, rows=start, dtype=dt, dist=dist)
+  kw = {} if layout is None else {"layout": layout}  # the single-device path as before
+  V, c, x = _start(key, salt, v0, spec=spec, rows=start, dtype=dt, dist=dist, **kw)
   for j in range(1, num_iters + 1):
     if j == V.shape[1]:  # this step writes row j
-      V, c = _grow(V, c, rows=basis_rows(j) if big else rows)
-    V, c, x = _step(V, c, product(x), spec=spec, reorth=reorth)
+      V, c = _grow(V, c, rows=basis_rows(j) if big else rows, **kw)
+    V, c, x = _step(V, c, product(x), spec=spec, reorth=reorth, **kw)
     if j < num_iters and bool(c.broke):  # an invariant subspace (rare): restart the basis
-      V, c, x = _restart(V, c, spec=spec)
+      V, c, x = _restart(V, c, spec=spec, **kw)
     if stop is not None and j < num_iters and stop(c, j):
       return V, c, j
   return V, c, num_iters
@@ -506,6 +551,18 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
   pair of runs, the bucket growth the rest). Not yet measured on GPU or TPU. Pass ``reorthogonalize=False`` only if
   you accept ghost eigenvalues.
 
+  Sharded params: when ``params_like`` is placed over a mesh (leaves with a
+  ``NamedSharding`` over several devices, e.g. by
+  ``jaxlab.train.mesh.tree_shardings``; see
+  :func:`~jaxlab.spectral.operators.layout_of`), the same recurrence runs as one
+  SPMD program over the mesh: the basis is split along its chunk axis over every
+  device (a device holds ``1/devices`` of it, never the whole basis), each
+  ``v_j`` reaches the product laid out like the params, and the sums are
+  partial sums per device plus an all-reduce. The results equal the
+  single-device ones to float32 rounding (tests/spectral/sharded_probes_test.py:
+  top-5 and SLQ on 1×4 and 2×2 meshes). In a job of several processes every
+  process calls it alike.
+
   Args:
     matvec: symmetric linear map ``pytree -> pytree`` (e.g. :func:`hessian_vp`).
     params_like: pytree with the structure, shapes and dtypes of ``matvec``'s input.
@@ -515,7 +572,9 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
     dtype: working precision of the recurrence and basis: ``jnp.float64`` runs
       inside a ``jax.enable_x64`` scope (the caller's global flag is untouched);
       None uses the params' dtype. The matvec itself runs in the params' dtype.
-    return_basis: also return the basis V (m, n).
+    return_basis: also return the basis V (m, n); for params placed over several
+      devices it is split along n over all of them (n must be divisible by
+      their number).
     v0: optional starting pytree (normalized internally) instead of a Gaussian.
     host: where the Lanczos algebra runs: True, in NumPy float64 on the host
       (only the operator's product is compiled; see
@@ -555,9 +614,27 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
       basis = jax.device_put(V[:m].astype(dt)) if return_basis else None
     return LanczosResult(c.alphas[:m].copy(), c.betas[:m - 1].copy(), basis,
                          float(c.betas[m - 1]))
+  layout = ops.layout_of(params_like, "params_like")
+  if return_basis and layout is not None and spec.size % layout.mesh.size:
+    raise ValueError(
+        f"return_basis=True with params_like placed over {layout.mesh.size} devices needs the "
+        f"dimension n = {spec.size} divisible by {layout.mesh.size} (the basis (m, n) is split "
+        "along n over every device and jax.Array shards are even); allowed: return_basis=False, "
+        "e.g. top_eigenpairs for Ritz vectors laid out like the params.")
   with ops.x64_scope(dt):
-    V, c, _ = run_lanczos(matvec, spec, key, m, bool(reorthogonalize), dt, v0=v0)
+    V, c, _ = run_lanczos(matvec, spec, key, m, bool(reorthogonalize), dt, v0=v0, layout=layout)
     alphas = np.asarray(c.alphas, np.float64)[:m]
     betas_all = np.asarray(c.betas, np.float64)
-    basis = from_chunks(V[:, :m], spec.size) if return_basis else None
+    basis = None
+    if return_basis:
+      basis = (from_chunks(V[:, :m], spec.size) if layout is None
+               else _basis_rows(V, m=m, n=spec.size, layout=layout))
   return LanczosResult(alphas, betas_all[: m - 1], basis, float(betas_all[m - 1]))
+
+
+@functools.partial(jax.jit, static_argnames=("m", "n", "layout"))
+def _basis_rows(V, m, n, layout):
+  """The first m basis rows as (m, n), split along n over every device of the layout."""
+  B = from_chunks(V[:, :m], n)
+  return jax.lax.with_sharding_constraint(
+      B, jax.sharding.NamedSharding(layout.mesh, jax.sharding.PartitionSpec(None, layout.axes)))

@@ -218,18 +218,132 @@ def _data_mesh(num_devices: int) -> Mesh:
   return Mesh(np.array(jax.devices()[:num_devices]), ("data",))
 
 
-def place_batch(batch: Batch) -> Batch:
-  """``batch`` on device: on one device as is (no mesh, so no sharding enters a cache key); on
-  several, array leaves sharded along their leading axis (replicated if it does not divide),
-  scalars and keys replicated."""
+# ---------------------------------------------------------------------------
+# Sharded parameters: the layout the probes keep (params, Lanczos basis, batches).
+
+
+class Layout(NamedTuple):
+  """Where a probe's vectors live: the params' mesh and each leaf's PartitionSpec.
+
+  Hashable (a static argument of the jitted Lanczos pieces). Vectors shaped like
+  params are placed leaf by leaf like the params; a flat vector of n entries, as
+  K chunks (see ``lanczos.chunk_shape``), is split along K over every device of
+  the mesh, so no device holds a whole Lanczos basis.
+  """
+
+  mesh: Mesh
+  specs: tuple[PartitionSpec, ...]
+
+  @property
+  def axes(self) -> tuple[str, ...]:
+    return tuple(self.mesh.axis_names)
+
+  def leaf_shardings(self) -> tuple[NamedSharding, ...]:
+    return tuple(NamedSharding(self.mesh, s) for s in self.specs)
+
+  def constrain_tree(self, tree: PyTree, lead: int = 0) -> PyTree:
+    """``tree`` (shaped like params, after ``lead`` stacking axes) laid out like the params,
+    the stacking axes whole (inside a jit)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves = [jax.lax.with_sharding_constraint(
+        x, NamedSharding(self.mesh, PartitionSpec(*([None] * lead), *s)))
+        for x, s in zip(leaves, self.specs, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+  def constrain_chunks(self, x: jax.Array) -> jax.Array:
+    """A chunk-major array (K, ...) split along K over every device (inside a jit)."""
+    spec = PartitionSpec(self.axes, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+
+def layout_of(params: PyTree, name: str = "params") -> Layout | None:
+  """The :class:`Layout` of params placed over several devices, else None.
+
+  Params count as placed when a leaf is a ``jax.Array`` with a ``NamedSharding``
+  over a mesh of more than one device (e.g. ``jax.device_put(params,
+  jaxlab.train.mesh.tree_shardings(params, mesh))``, or a train state's params
+  under ``mesh.fsdp > 1``); replicated leaves on that mesh count too. In a job
+  of several processes (``jax.distributed``) params that are not placed get the
+  1-D ``data`` mesh over every process's devices, replicated. Otherwise
+  (params on one device, or host arrays, in one process): None, the
+  single-device path, unchanged.
+
+  Raises:
+    ValueError: leaves placed on different meshes.
+  """
+  leaves = jax.tree_util.tree_leaves(params)
+  mesh = None
+  for i, x in enumerate(leaves):
+    s = getattr(x, "sharding", None)
+    if isinstance(x, jax.Array) and isinstance(s, NamedSharding) and s.mesh.size > 1:
+      if mesh is None:
+        mesh = s.mesh
+      elif s.mesh != mesh:
+        raise ValueError(
+            f"{name} leaf {i} is placed on mesh {dict(s.mesh.shape)} over devices "
+            f"{[d.id for d in s.mesh.devices.flat]}, another leaf on {dict(mesh.shape)} over "
+            f"{[d.id for d in mesh.devices.flat]}; allowed: every leaf on one mesh (e.g. "
+            "jax.device_put(params, jaxlab.train.mesh.tree_shardings(params, mesh))).")
+  if mesh is None:
+    if jax.process_count() == 1:
+      return None
+    mesh = _data_mesh(len(jax.devices()))
+  specs = []
+  for x in leaves:
+    s = getattr(x, "sharding", None)
+    specs.append(s.spec if isinstance(x, jax.Array) and isinstance(s, NamedSharding)
+                 and s.mesh == mesh else PartitionSpec())
+  return Layout(mesh, tuple(specs))
+
+
+def _batch_sharding(n: int, mesh: Mesh) -> NamedSharding:
+  """Rows over every device if they divide, else over ``data`` if they divide, else replicated."""
+  if n % mesh.size == 0:
+    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+  data = dict(mesh.shape).get("data", 1)
+  if data > 1 and n % data == 0:
+    return NamedSharding(mesh, PartitionSpec("data"))
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def place_batch(batch: Batch, mesh: Mesh | None = None) -> Batch:
+  """``batch`` on device.
+
+  Without ``mesh`` (params not placed, one process): on one device as is (no
+  mesh, so no sharding enters a cache key); on several local devices, array
+  leaves sharded along their leading axis (replicated if it does not divide),
+  scalars and keys replicated. With the params' ``mesh``: a leaf already placed
+  on that mesh (e.g. a batch sharded over its ``data`` axis) is kept as is;
+  other leaves are split along their leading axis over every device of the
+  mesh, or over ``data`` only, or replicated, whichever divides first. With
+  several processes the batch is the global one, the same on every process,
+  and each process feeds only the rows its devices hold
+  (``jaxlab.train.sharding.put_batch``).
+  """
   n = batch_size(batch)
-  if len(jax.devices()) == 1:
-    return jax.device_put(batch)
-  mesh = _data_mesh(len(jax.devices()))
-  split = NamedSharding(mesh, PartitionSpec("data") if n % mesh.size == 0 else PartitionSpec())
+  if mesh is None:
+    if len(jax.devices()) == 1:
+      return jax.device_put(batch)
+    mesh = _data_mesh(len(jax.devices()))
+  split = _batch_sharding(n, mesh)
   rep = NamedSharding(mesh, PartitionSpec())
-  return jax.tree.map(
-      lambda x: jax.device_put(x, split if jnp.ndim(x) > 0 and not _is_key(x) else rep), batch)
+
+  def put(x):
+    if isinstance(x, jax.Array) and isinstance(x.sharding, NamedSharding) and (
+        x.sharding.mesh == mesh):
+      return x
+    target = split if jnp.ndim(x) > 0 and not _is_key(x) else rep
+    if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+      return jax.device_put(x, target)
+    from jaxlab.train import sharding  # several processes: each feeds its own rows
+
+    if target is split and split.spec != PartitionSpec():
+      return sharding.put_batch(x, mesh) if split.spec == PartitionSpec(
+          tuple(mesh.axis_names)) else jax.make_array_from_callback(
+              np.shape(x), split, lambda index: np.asarray(x)[index])
+    return sharding.put_replicated(x, mesh)
+
+  return jax.tree.map(put, batch)
 
 
 class BatchSource:
@@ -489,9 +603,11 @@ class DataSetOperator:
 
   host_loop = True  # tells lanczos/trace to drive matvecs from Python
 
-  def __init__(self, kind: str, fns: tuple, params: PyTree, source: Any, spec: FlatSpec):
+  def __init__(self, kind: str, fns: tuple, params: PyTree, source: Any, spec: FlatSpec,
+               mesh: Mesh | None = None):
     self._kind, self._fns = kind, fns
     self.params = params
+    self._mesh = mesh  # the params' mesh (layout_of), None on the single-device path
     # a list or a BatchSource; batches are placed per pass (host batches stream to
     # the device one at a time, as the data set need not fit in device memory)
     self._source = source
@@ -503,7 +619,7 @@ class DataSetOperator:
     total, count = None, 0
     for i, batch in enumerate(self._source):
       n = batch_size(batch, f"batch {i}")
-      mv = product(*self._fns, self.params, place_batch(batch), v)
+      mv = product(*self._fns, self.params, place_batch(batch, self._mesh), v)
       total = _scale(mv, n) if total is None else _axpy(total, mv, n)
       count += n
     if total is None:
@@ -514,19 +630,21 @@ class DataSetOperator:
 def _operator(kind: str, fns: tuple, params: PyTree, batches: Any, num_batches: Any,
               check: Callable = lambda b, name: None):
   spec = _check_params(params)
+  layout = layout_of(params)
+  mesh = None if layout is None else layout.mesh
   how, data = _classify(batches, num_batches)
   if how == "one":
     batch_size(data, "batches")
     check(data, "batches")
-    return BatchOperator(kind, fns, params, place_batch(data), spec)
+    return BatchOperator(kind, fns, params, place_batch(data, mesh), spec)
   if how == "many":
     for i, b in enumerate(data):
       batch_size(b, f"batch {i}")
       check(b, f"batch {i}")
-    return DataSetOperator(kind, fns, params, data, spec)
+    return DataSetOperator(kind, fns, params, data, spec, mesh)
   batch_size(data.first, "batch 0")
   check(data.first, "batch 0")
-  return DataSetOperator(kind, fns, params, data, spec)
+  return DataSetOperator(kind, fns, params, data, spec, mesh)
 
 
 def linearized(matvec: Callable) -> Callable:
@@ -610,6 +728,13 @@ def hessian_vp(loss_fn: Callable, params: PyTree, batches: Any, *, state: Any = 
       targets, build the model with a bfloat16 compute dtype instead (e.g.
       ``ICLTransformer(dtype=jnp.bfloat16)``) and leave this None.
 
+  Sharded params: ``params`` placed over a mesh (e.g. ``jax.device_put(params,
+  jaxlab.train.mesh.tree_shardings(params, mesh))``; see :func:`layout_of`) stay
+  where they are; each batch is placed on the same mesh (:func:`place_batch`:
+  split over its devices, or kept when already placed there, and with several
+  processes each feeds its own rows), and the product is one SPMD program
+  over the mesh.
+
   Returns:
     ``matvec(v) -> Hv`` with ``v`` and ``Hv`` shaped like ``params``: a
     :class:`BatchOperator` for one batch (a pytree, usable inside ``jax.jit``)
@@ -661,7 +786,8 @@ def ggn_vp(apply_fn: Callable, output_loss_fn: Callable, params: PyTree, batches
     {batches} Each batch is a pair ``(x, y)`` or a dict with keys ``"x"``, ``"y"``.
     has_aux: None (default): a returned pair is ``(outputs, aux)``; True: it
       must be; False: the output is used as it is.
-    state, key, train: as in :func:`hessian_vp` (fixed state, eval mode by default).
+    state, key, train: as in :func:`hessian_vp` (fixed state, eval mode by default);
+      sharded params as there too.
     num_batches: as in :func:`hessian_vp`.
     compute_dtype: None (default): the model as it computes. ``"bfloat16"``:
       ``J v`` and ``Jᵀ u`` in bfloat16 (params, ``v`` and ``x`` cast;

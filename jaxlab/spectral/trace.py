@@ -163,6 +163,12 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
     One probe per call is the default: on CPU a vmapped block of 16 HVPs measured
     ~25% slower per probe than 16 single HVPs (the batched dots run slower).
 
+    Sharded params (placed over a mesh, see
+    :func:`~jaxlab.spectral.operators.layout_of`): each product runs over the
+    params' mesh; a probe row (n entries) is drawn whole and handed to it, so
+    Hutchinson's estimate from a key equals the single-device one to float32
+    rounding. Hutch++ keeps its sketch Q (⌊m/3⌋ × n) unsplit on one device.
+
   Args:
     matvec: symmetric linear map ``pytree -> pytree`` (e.g. :func:`hessian_vp`).
     params_like: pytree shaped like the matvec's input.

@@ -93,6 +93,7 @@ def validate(config) -> None:
     raise ValueError(f"config key 'sharpness.num_examples': {config.sharpness.num_examples}; "
                      f"allowed: at most data.num_train ({config.data.num_train})")
   mesh_lib.resolve(config.mesh.data, config.mesh.fsdp)
+  models.precision.check_config(config, "model.compute_dtype")
   if config.mesh.fsdp != 1:
     raise ValueError(f"config key 'mesh.fsdp': {config.mesh.fsdp}; allowed: 1 (the learning "
                      "rates of a grid are split whole over the devices, mesh.data; no run's "
@@ -277,7 +278,8 @@ def main(config, workdir: str) -> dict:
 
   def setup(p, w):
     model = models.mlp(ds.input_dim, (w,) * config.model.depth, ds.num_classes,
-                       parametrization=p, activation=config.model.activation)
+                       parametrization=p, activation=config.model.activation,
+                       compute_dtype=config.model.compute_dtype)
     params = jax.jit(model.init)(key_init)
     scales = lr_multipliers(params, p, config.optimizer, w, widths[0])
     loss = make_loss(model.apply, config.loss, ds.num_classes)

@@ -69,7 +69,8 @@ def get_config(arg=None):
   opts = common.parse_arg(arg, quick=False)
   c = common.base_config("lr_transfer", quick=opts.quick)
   c.data = dict(num_samples=20000, num_train=16000, data_seed=42)
-  c.model = dict(depth=3, activation="relu")
+  # compute_dtype "bfloat16": mixed precision, float32 master weights.
+  c.model = dict(depth=3, activation="relu", compute_dtype="float32")
   c.widths = (64, 128, 256, 512, 1024)
   c.parametrizations = ("standard", "ntk", "mup")
   c.optimizer = "adam"

@@ -70,7 +70,8 @@ def get_config(arg=None):
   opts = common.parse_arg(arg, quick=False)
   c = common.base_config("optimizer_benchmark", quick=opts.quick)
   c.data = dict(num_samples=5000, data_seed=42)
-  c.model = dict(hidden_sizes=(128, 128))
+  # compute_dtype "bfloat16": mixed precision, float32 master weights (the sweep's model).
+  c.model = dict(hidden_sizes=(128, 128), compute_dtype="float32")
   c.optimizers = tuple(BASE_LRS)
   c.base_lrs = dict(BASE_LRS)
   # A first full run with ×(0.3, 1, 3) chose the top of most sweeps and met the

@@ -269,11 +269,11 @@ def test_one_process_agrees_by_raising_its_own_error():
 def test_readme_scaling_out_commands_parse(tmp_path, monkeypatch):
   """The launches of the README's "Scaling out" pass the launcher's checks: one
   process, N local devices, N processes on one machine (the launch the test
-  above makes), several hosts, and the FSDP example (one process)."""
+  above makes), several hosts, the FSDP example and the bfloat16 example (one process)."""
   text = open(os.path.join(ROOT, "README.md")).read().split("## Scaling out")[1]
   text = text.split("\n## ")[0]
   commands = re.findall(r"python -m experiments\.run (.+)", text)
-  assert len(commands) == 5, commands
+  assert len(commands) == 6, commands
   seen = []
   monkeypatch.setattr(multihost, "initialize", lambda *a, **k: seen.append(a))
   monkeypatch.setattr(run, "run", lambda *a, **k: {})
@@ -282,4 +282,4 @@ def test_readme_scaling_out_commands_parse(tmp_path, monkeypatch):
     argv = re.sub(r"--workdir=\S+", f"--workdir={tmp_path}", argv.replace("=k", "=3")).split()
     run.main(argv)
   assert seen == [(None, None, None), (None, None, None), ("localhost:12355", 2, 1),
-                  ("10.0.0.1:12355", 4, 3), (None, None, None)]
+                  ("10.0.0.1:12355", 4, 3), (None, None, None), (None, None, None)]

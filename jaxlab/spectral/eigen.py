@@ -101,10 +101,11 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
   data-set operator the k products are k more passes over the data. With
   ``tol``, one host synchronization per step. First call (compile included) of
   ``k=1, num_iters=20`` on the benchmark's 99k-parameter MLP, 2-core CPU:
-  about 2 s (1.98 s lightly loaded, 2.2–2.5 s at load ~8), against about 1.1 s
-  for PyHessian to the same accuracy when measured lightly loaded; see the
-  first-call rows of benchmarks/RESULTS.md. Once compiled, a call is several
-  times faster than PyHessian's.
+  1.0–1.1 s of process CPU time on the host path (the default there; one
+  compile, the product's), 2.4 s on the device path (``host=False``: five more
+  compiled pieces); PyHessian's power iteration to the same accuracy took
+  0.15–0.17 s CPU with one torch thread, so a cold call is still about 7x
+  PyHessian's (first-call rows of benchmarks/RESULTS.md, measured at load ~20).
 
   Mixed precision: with ``hessian_vp(..., compute_dtype="bfloat16")`` (or a
   model that computes in bfloat16) only the products are bfloat16; Lanczos

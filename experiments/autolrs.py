@@ -50,6 +50,7 @@ def validate(config) -> None:
   checks.mnist1d_samples(config, "data", "batch_size")
   checks.divisible_by_devices(config, "batch_size")
   mesh_lib.check_config(config, ("batch_size",))
+  models.precision.check_config(config, "model.compute_dtype")
 
 
 def param_shapes(config) -> dict:
@@ -81,7 +82,8 @@ def main(config, workdir: str) -> dict:
   validate(config)
   start = time.time()
   ds = data.mnist1d(config.data.num_samples, config.data.data_seed)
-  model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes)
+  model = models.mlp(ds.input_dim, config.model.hidden_sizes, ds.num_classes,
+                     compute_dtype=config.model.compute_dtype)
   params = model.init(jax.random.key(config.seed))
   loss_fn = recipes.classification_loss(model.apply)
   val_eval = recipes.classification_eval(model.apply, ds.x_test, ds.y_test, "val")

@@ -37,7 +37,8 @@ def get_config(arg=None):
   opts = common.parse_arg(arg, quick=False, tiny=False)
   c = common.base_config("autolrs", quick=opts.quick or opts.tiny)
   c.data = dict(num_samples=5000, data_seed=42)
-  c.model = dict(hidden_sizes=(128, 128))
+  # compute_dtype "bfloat16": mixed precision, float32 master weights.
+  c.model = dict(hidden_sizes=(128, 128), compute_dtype="float32")
   c.optimizers = ("momentum", "adam")
   c.base_lrs = {k: BASE_LRS[k] for k in c.optimizers}
   c.schedules = ("cosine", "wsd")

@@ -52,7 +52,13 @@ Runtime and expected results:
     Seed 1 does not reproduce: its noiseless model stays on the loss plateau
     (training loss 3-4 after 4,500 steps vs 1.5 for seed 0; error / d 0.55-0.66
     for n >= 6, 0.89x averaging); the quick setting is not seed-robust. Seeds
-    2-4 not measured.
+    2-4 not measured. Tried on seed 1's noiseless arm alone (its init, 4,500
+    steps; max error / d over n >= 6 on 512 fresh prompts): Garg et al.'s
+    curriculum scaled to d = 5 (dims 2 -> 5 by 1, points 5 -> 11 by 2) every
+    400 steps: 0.37 at step 3,500 (stopped there); every 250 steps: 0.49 at
+    4,500; every 400 steps at peak rate 3e-3: 0.51 at 4,500. None leaves the
+    plateau, so the quick config keeps no curriculum. (Seed 2 with the 400-step
+    curriculum: 0.11 at step 2,500, off the plateau; seed 2 without it not run.)
   full, one GPU (not run here; expected from the papers): ~1 day on one A100 for
     500k steps per arm (Garg et al. report this scale); error / d within ~1e-2 of
     least squares for n >= 20 examples and near 0 once n > d (Garg et al. Fig.

@@ -91,6 +91,8 @@ def test_quick_reproduces_every_arm(tmp_path, repro_seed):
   seed 0; error / d 0.55-0.66 for n ≥ d + 1, 0.89× averaging; layer → Newton 0, 0, 0, 1, 1,
   1, 1), so the quick setting is not seed-robust; seeds 2-4 not measured. Each seed is 8.1-8.3
   min of CPU. The quick config: 4,500 + 750 + 750 steps.
+  Garg et al.'s curriculum scaled to d = 5 did not take seed 1 off the plateau either (error / d
+  0.37-0.51, noiseless arm alone; see the config docstring), so the config has none.
   """
   wd = str(tmp_path / "quick")
   s = run.run(CONFIG + ":quick", wd, overrides={"seed": repro_seed, "train.progress": False})

@@ -55,6 +55,13 @@ def choose_host(host: Any, params_like: Any, n: int, num_iters: int) -> bool:
   if host is not None and not isinstance(host, bool):
     raise ValueError(f"host is {host!r}; allowed: None (automatic: NumPy on the host for params "
                      "on one CPU device and a float64 basis below 256 MiB), True or False.")
+  layout = ops.layout_of(params_like, "params_like")
+  if layout is not None:  # placed over a mesh, or several processes: the basis stays split
+    if host:
+      raise ValueError(f"host is True but params_like is placed over {layout.mesh.size} devices "
+                       f"(or the job has {jax.process_count()} processes), where the Lanczos "
+                       "basis stays split over the devices; allowed: None or False.")
+    return False
   if host is not None:
     return host
   if (int(num_iters) + 1) * int(n) * 8 >= HOST_BASIS_BYTES:

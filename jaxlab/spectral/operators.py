@@ -238,9 +238,6 @@ class Layout(NamedTuple):
   def axes(self) -> tuple[str, ...]:
     return tuple(self.mesh.axis_names)
 
-  def leaf_shardings(self) -> tuple[NamedSharding, ...]:
-    return tuple(NamedSharding(self.mesh, s) for s in self.specs)
-
   def constrain_tree(self, tree: PyTree, lead: int = 0) -> PyTree:
     """``tree`` (shaped like params, after ``lead`` stacking axes) laid out like the params,
     the stacking axes whole (inside a jit)."""
@@ -248,6 +245,13 @@ class Layout(NamedTuple):
     leaves = [jax.lax.with_sharding_constraint(
         x, NamedSharding(self.mesh, PartitionSpec(*([None] * lead), *s)))
         for x, s in zip(leaves, self.specs, strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+  def put_tree(self, tree: PyTree) -> PyTree:
+    """``tree`` (shaped like params) placed like the params (outside a jit)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    leaves = [jax.device_put(x, NamedSharding(self.mesh, s))
+              for x, s in zip(leaves, self.specs, strict=True)]
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
   def constrain_chunks(self, x: jax.Array) -> jax.Array:
@@ -335,13 +339,16 @@ def place_batch(batch: Batch, mesh: Mesh | None = None) -> Batch:
     target = split if jnp.ndim(x) > 0 and not _is_key(x) else rep
     if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
       return jax.device_put(x, target)
-    from jaxlab.train import sharding  # several processes: each feeds its own rows
+    # Several processes, the same global batch on each: a process builds only the shards
+    # its own devices hold.
+    from jaxlab.train import sharding
 
-    if target is split and split.spec != PartitionSpec():
-      return sharding.put_batch(x, mesh) if split.spec == PartitionSpec(
-          tuple(mesh.axis_names)) else jax.make_array_from_callback(
-              np.shape(x), split, lambda index: np.asarray(x)[index])
-    return sharding.put_replicated(x, mesh)
+    if target.spec == PartitionSpec():
+      return sharding.put_replicated(x, mesh)
+    if target.spec == PartitionSpec(tuple(mesh.axis_names)):
+      return sharding.put_batch(x, mesh)  # its rows (sharding.host_batch)
+    host = np.asarray(x)  # split over `data` only
+    return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
 
   return jax.tree.map(put, batch)
 

@@ -83,18 +83,21 @@ class _Runner:
   (for a host-loop operator, i.e. any :func:`hessian_vp` / :func:`ggn_vp` operator, driven
   from Python) one compiled matvec per row."""
 
-  def __init__(self, matvec, spec, dtype, block):
+  def __init__(self, matvec, spec, dtype, block, layout=None):
     self.host = bool(getattr(matvec, "host_loop", False))
+    self.layout = layout
     self.mv = self._counted(matvec) if self.host else as_partial(matvec)
     self.spec, self.dt, self.block = spec, np.dtype(dtype), block
     self.none = jnp.zeros((0, spec.size), dtype)
     self.count = 0  # products applied so far
 
   def _counted(self, matvec):
-    """The host-loop operator, counting each call (one product each)."""
+    """The host-loop operator, counting each call (one product each); with params placed
+    over a mesh each probe is placed like them first, as Lanczos hands its vectors to the
+    product, so the two share the product's compiled program."""
     def mv(v):
       self.count += 1
-      return matvec(v)
+      return matvec(v if self.layout is None else self.layout.put_tree(v))
 
     mv.host_loop = True
     return mv
@@ -165,9 +168,10 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
 
     Sharded params (placed over a mesh, see
     :func:`~jaxlab.spectral.operators.layout_of`): each product runs over the
-    params' mesh; a probe row (n entries) is drawn whole and handed to it, so
-    Hutchinson's estimate from a key equals the single-device one to float32
-    rounding. Hutch++ keeps its sketch Q (⌊m/3⌋ × n) unsplit on one device.
+    params' mesh; a probe row (n entries) is drawn whole and handed to it laid
+    out like the params, so Hutchinson's estimate from a key equals the
+    single-device one to float32 rounding. Hutch++ keeps its sketch Q
+    (⌊m/3⌋ × n) unsplit on one device.
 
   Args:
     matvec: symmetric linear map ``pytree -> pytree`` (e.g. :func:`hessian_vp`).
@@ -211,7 +215,7 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
   if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
     raise ValueError(f"block_size is {block_size!r}; allowed: an int >= 1.")
   with ops.x64_scope(dt):
-    run = _Runner(matvec, spec, dt, int(block_size))
+    run = _Runner(matvec, spec, dt, int(block_size), ops.layout_of(params_like, "params_like"))
     if method == "hutchinson":
       s = run.quad(key, m)
       base = 0.0

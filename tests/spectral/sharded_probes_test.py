@@ -79,9 +79,12 @@ def test_basis_is_split_over_the_devices(runs, case):
   assert basis["devices"] == 4 and K * C >= basis["n"]
   # every device holds K/4 chunks of every row: a quarter, never the whole basis
   assert basis["shard_shapes"] == [[K // 4, rows, C]] * 4
-  if "returned" in basis:  # n divisible by 4: lanczos(return_basis=True) is split along n
+  if basis["n"] % 4 == 0:  # lanczos(return_basis=True) is split along n
     m, n = basis["returned"]["shape"]
     assert n == basis["n"] and basis["returned"]["shard_shapes"] == [[m, n // 4]]
+  else:
+    assert "return_basis=True with params_like placed over 4 devices" in basis["returned"]
+  assert "host is True but params_like is placed over 4 devices" in basis["host"]
   # the params themselves were sharded (a device holds about 1/fsdp of them)
   fsdp = int(case.split("x")[1])
   assert got["fraction"] < 1 / fsdp + 0.05, got["fraction"]

@@ -42,11 +42,32 @@ def problems():
   x, y = sm.mlp_data(1, n=64, d=6, c=4)
   mlp = (sm.mlp_loss, params, [(x[:32], y[:32]), (x[32:], y[32:])])
   model = models.ICLTransformer(num_layers=1, num_heads=2, width=16, max_points=6)
-  p = model.init(jax.random.key(0), jnp.zeros((1, 6, 3)), jnp.zeros((1, 6)))
-  p = jax.tree.map(np.asarray, p)
-  batches = training.PromptBatches(0, 16, 6, 3)
-  icl = (training.regression_loss(model.apply), p, [batches(0), batches(1)])
+  icl = (training.regression_loss(model.apply), icl_params(model), [prompts(2), prompts(3)])
   return {"mlp": mlp, "icl": icl}
+
+
+def icl_params(model):
+  """Random parameters of the model's shapes from NumPy (jax.eval_shape: nothing compiles;
+  an eager flax init took 5 s of CPU): kernels N(0, 1/fan_in), LayerNorm scales near 1."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 6, 3)), jnp.zeros((1, 6)))
+  rng = np.random.default_rng(0)
+
+  def one(path, leaf):
+    z = rng.standard_normal(leaf.shape).astype(np.float32)
+    name = str(path[-1])
+    if "kernel" in name:
+      return z / np.sqrt(leaf.shape[0])
+    return 1 + 0.1 * z if "scale" in name else 0.1 * z
+  return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+def prompts(seed, b=16, n=6, d=3):
+  """A batch of linear-regression prompts (as jaxlab.icl.training.PromptBatches, from NumPy)."""
+  rng = np.random.default_rng(seed)
+  xs = rng.standard_normal((b, n, d)).astype(np.float32)
+  ys = np.einsum("bnd,bd->bn", xs, rng.standard_normal((b, d))).astype(np.float32)
+  return {"xs": xs, "ys": ys, "mask": np.ones((b, n), np.float32),
+          "dims": np.full((b,), d, np.float32)}
 
 
 def flat(tree):
@@ -90,13 +111,26 @@ def basis_layout(loss, params, batches):
   shards = [s.data.shape for s in V.addressable_shards]
   out = {"shape": list(V.shape), "shard_shapes": [list(s) for s in shards],
          "devices": len({s.device for s in V.addressable_shards}), "n": spec.size}
+  one = ops.hessian_vp(loss, params, batches[0])
   if spec.size % layout.mesh.size == 0:
-    res = lz.lanczos(ops.hessian_vp(loss, params, batches[0]), params, TOP_ITERS,
-                     jax.random.key(0), return_basis=True)
+    res = lz.lanczos(one, params, TOP_ITERS, jax.random.key(0), return_basis=True)
     out["returned"] = {"shape": list(res.basis.shape),
                        "shard_shapes": sorted({tuple(s.data.shape)
                                                for s in res.basis.addressable_shards})}
+  else:  # refused before anything runs: (m, n) cannot be split evenly along n
+    out["returned"] = _error(lambda: lz.lanczos(one, params, 10, jax.random.key(0),
+                                                return_basis=True))
+  # the NumPy host path would gather the basis: refused for placed params
+  out["host"] = _error(lambda: eigen.top_eigenpairs(one, params, K, jax.random.key(0), host=True))
   return out
+
+
+def _error(fn):
+  try:
+    fn()
+  except ValueError as e:
+    return str(e)
+  return None
 
 
 def readme_example(loss, params, batch):

@@ -46,6 +46,7 @@ from jaxlab import data, models, optim, train  # noqa: E402
 from jaxlab.icl import tasks, training  # noqa: E402
 from jaxlab.models.transformer import ICLTransformer  # noqa: E402
 from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 WORKLOADS = ("mnist1d_mlp", "digits_cnn", "icl_linreg")
 
@@ -125,6 +126,7 @@ def validate(config) -> None:
   if icl.width % icl.num_heads:
     raise ValueError(f"config key 'icl_linreg.width': {icl.width} is not divisible by "
                      f"icl_linreg.num_heads={icl.num_heads}")
+  mesh_lib.check_config(config, tuple(f"{w}.batch_size" for w in WORKLOADS))
 
 
 # ---------------------------------------------------------------- workloads
@@ -246,7 +248,7 @@ class _EvalHook:
 
 
 def run_one(w: Workload, tag: str, tx, schedule_free: bool, lr, workdir: str, seed: int,
-            progress: bool) -> dict:
+            progress: bool, mesh=None) -> dict:
   """One training run, recorded in `workdir/runs/<workload>/<tag>`; resumed whole."""
   rundir = os.path.join(workdir, "runs", w.name, tag)
   done = os.path.join(rundir, "run_summary.json")
@@ -258,7 +260,7 @@ def run_one(w: Workload, tag: str, tx, schedule_free: bool, lr, workdir: str, se
     result = train.train(w.loss_fn, w.params, tx, w.batches, num_steps=w.num_steps,
                          key=jax.random.key(seed + 2), workdir=rundir, log_every=w.eval_every,
                          hooks=[_EvalHook(w, schedule_free)], progress=progress,
-                         desc=f"{w.name}/{tag}")
+                         desc=f"{w.name}/{tag}", mesh=mesh)
     rows = result.history
     out = {"val_curve": [(r["step"], r["val_metric"]) for r in rows],
            "loss_curve": [(r["step"], r["loss"]) for r in rows]}
@@ -275,15 +277,16 @@ def main(config, workdir: str) -> dict:
   validate(config)
   start = time.time()
   runs: dict[str, dict] = {}  # workload -> {"learners": {label: run}, "tuned": {name: [runs]}}
+  mesh = mesh_lib.from_config(config)  # every run trains on it (FSDP with mesh.fsdp > 1)
   for wname in WORKLOADS:
     w = BUILD[wname](config, config.seed)
     fixed = {}
     for label in config.learners:
       tx = build_learner(label, w.num_steps)
       fixed[label] = run_one(w, label, tx, LEARNERS[label][0] == "schedule_free_adamw", None,
-                             workdir, config.seed, config.progress)
+                             workdir, config.seed, config.progress, mesh)
     tuned = {name: [run_one(w, f"{name}_tuned_lr{lr:.3g}", build_tuned(name, lr, w.num_steps),
-                            False, lr, workdir, config.seed, config.progress)
+                            False, lr, workdir, config.seed, config.progress, mesh)
                     for lr in config.tuned.learning_rates]
              for name in config.tuned.optimizers}
     runs[wname] = {"learners": fixed, "tuned": tuned, "metric": w.metric,

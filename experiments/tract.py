@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from jaxlab import data, models, optim  # noqa: E402
 from jaxlab.models import tract as tract_lib  # noqa: E402
 from jaxlab.train import checks, io  # noqa: E402
+from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 WORKLOADS = ("cnn_digits", "mlp_mnist1d")
 OPTIMIZERS = ("momentum", "adam")
@@ -81,6 +82,7 @@ def validate(config) -> None:
   if "cnn_digits" in config.workloads and config.batch_size > 1437:
     raise ValueError(f"config key 'batch_size': {config.batch_size}; allowed: at most 1437 "
                      "(the digits training split)")
+  mesh_lib.check_config(config, ("batch_size",))
 
 
 def reduce_contrast(x: np.ndarray, c: float) -> np.ndarray:
@@ -157,7 +159,7 @@ def make_optimizer(name: str, lr: float, momentum: float) -> optax.GradientTrans
   return optim.get("adam", learning_rate=lr)
 
 
-def make_trainer(init, loss, logits, tx, config):
+def make_trainer(init, loss, logits, tx, config, mesh=None):
   """A jitted `run(x_train, y_train, x_test, y_test, seed) -> (test acc, train loss)` per evaluation.
 
   Init from key(seed), batches drawn with replacement from fold_in(key(seed),
@@ -165,23 +167,40 @@ def make_trainer(init, loss, logits, tx, config):
   and the seed are arguments, not constants, so one compile serves every
   contrast and seed. (Seeds are not vmapped: a vmapped conv becomes a grouped
   conv, several times slower on CPU.)
+
+  On a `mesh` of several devices (`jaxlab.train.mesh`) each mini-batch is split
+  over all its devices and, with `fsdp > 1`, the parameters and optimizer state
+  are sharded by `mesh.leaf_spec`, as in the train loop: sharding constraints
+  inside the program; XLA inserts the collectives.
   """
   bs, every = config.batch_size, config.eval_every_steps
   num_evals = config.num_steps // every
+  if mesh is not None and mesh.size > 1:
+    constrain = jax.lax.with_sharding_constraint
+    split = mesh_lib.split_sharding(mesh)
+
+    def place(params, opt_state, batch):
+      return (constrain(params, mesh_lib.tree_shardings(params, mesh)),
+              constrain(opt_state, mesh_lib.tree_shardings(opt_state, mesh)),
+              batch if batch is None else constrain(batch, split))
+  else:
+    def place(params, opt_state, batch):
+      return params, opt_state, batch
 
   def one_seed(x_tr, y_tr, x_te, y_te, seed):
     key_init, key_data = jax.random.split(jax.random.key(seed))
     params, state = init(key_init, x_tr[:2])
-    opt_state = tx.init(params)
+    params, opt_state, _ = place(params, tx.init(params), None)
 
     def step(carry, t):
       params, state, opt_state = carry
       k = jax.random.fold_in(key_data, t)
       idx = jax.random.randint(k, (bs,), 0, x_tr.shape[0])
-      (value, state), g = jax.value_and_grad(loss, has_aux=True)(
-          params, state, {"x": x_tr[idx], "y": y_tr[idx]}, k)
+      _, _, batch = place(params, opt_state, {"x": x_tr[idx], "y": y_tr[idx]})
+      (value, state), g = jax.value_and_grad(loss, has_aux=True)(params, state, batch, k)
       updates, opt_state = tx.update(g, opt_state, params)
-      return (optax.apply_updates(params, updates), state, opt_state), value
+      params, opt_state, _ = place(optax.apply_updates(params, updates), opt_state, None)
+      return (params, state, opt_state), value
 
     def chunk(carry, e):
       carry, values = jax.lax.scan(step, carry, e * every + jnp.arange(every))
@@ -208,6 +227,7 @@ def arm_name(w: str, o: str, c: float, m: str) -> str:
 def main(config, workdir: str) -> dict:
   validate(config)
   start = time.time()
+  mesh = mesh_lib.from_config(config)  # each run's batches (and state, fsdp > 1) split on it
   seeds = [config.seed + i for i in range(config.num_seeds)]
   arms: dict[str, dict] = {}
   steps = [config.eval_every_steps * (i + 1)
@@ -224,7 +244,7 @@ def main(config, workdir: str) -> dict:
                                          ds.input_dim)
         run = make_trainer(init, loss, logits,
                            make_optimizer(o, config.learning_rates[w][o], config.momentum),
-                           config)
+                           config, mesh)
         t0 = time.time()
         out = [[run(x_tr[k], ds.y_train, x_te[k], ds.y_test, s) for s in seeds]
                for k in range(len(config.contrasts))]

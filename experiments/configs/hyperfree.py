@@ -51,6 +51,7 @@ def get_config(arg=None):
   c.icl_linreg = dict(dim=5, n_points=11, num_layers=4, num_heads=4, width=64, batch_size=64,
                       eval_prompts=1000, num_steps=5000, eval_every_steps=250)
   c.progress = not (opts.quick or opts.tiny)
+  c.mesh = common.mesh_config()  # every run's batches (and with mesh.fsdp > 1 its state)
   if opts.quick:
     c.learners = c.learners[:9]  # the literature defaults; the "_cosine" variants in full only
     # Only NAdamW is swept (the targets' source); at these budgets Adam-type trials

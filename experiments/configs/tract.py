@@ -52,6 +52,7 @@ def get_config(arg=None):
   # (8, 16): 10 ms per step on one CPU core at batch 64; (16, 32) costs 38 ms.
   c.cnn = dict(features=(8, 16), batch_norm=True, dropout_rate=0.0)
   c.mlp = dict(hidden_sizes=(256, 256))
+  c.mesh = common.mesh_config()  # each run's batches (and with mesh.fsdp > 1 its state)
   if opts.quick:
     c.contrasts = (1.0, 0.1)
     c.num_seeds = 3

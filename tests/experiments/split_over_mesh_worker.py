@@ -1,8 +1,9 @@
 """Runs under 4 forced host devices (see split_over_mesh_test.py); prints one JSON line.
 
-Independent copies placed on the mesh of `jaxlab.train.mesh`, each against the same
+Studies' own jitted programs on the mesh of `jaxlab.train.mesh`, each against the same
 computation on one device of this process: the NTK-permutations ensemble (members split
-over the devices) and the lr_transfer learning-rate grid (rates split over the devices).
+over the devices), the lr_transfer learning-rate grid (rates split over the devices) and
+a tract run (its batches split, and under 2x2 its state sharded, by sharding constraints).
 """
 import json
 import os
@@ -14,7 +15,9 @@ import numpy as np
 import optax
 
 sys.path.insert(0, os.getcwd())
-from experiments import lr_transfer, ntk_permutations, run  # noqa: E402
+import ml_collections  # noqa: E402
+
+from experiments import lr_transfer, ntk_permutations, run, tract  # noqa: E402
 from jaxlab import models, ntk  # noqa: E402
 from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
@@ -34,8 +37,9 @@ def ensemble():
   kw = dict(width=16, steps=10, learning_rate=0.2)
   r4 = ntk.train_ensemble(jax.random.key(3), *args, n_members=8, mesh=MESH4, **kw)
   r1 = ntk.train_ensemble(jax.random.key(3), *args, n_members=8, mesh=MESH1, **kw)
-  # 6 members in chunks of 3, each padded to the 4 devices (the default mesh: every device).
-  c4 = ntk.train_ensemble(jax.random.key(3), *args, n_members=6, chunk_size=3, **kw)
+  # 6 members padded to 8 for the 4 devices (the default mesh: every device; the program of
+  # r4 again). Several chunks on one device: tests/ntk/ensembles_test.py.
+  c4 = ntk.train_ensemble(jax.random.key(3), *args, n_members=6, **kw)
   config = run.load_config("experiments/configs/ntk_permutations.py:quick")
   config.mesh.data, config.mesh.fsdp = 2, 2
   try:
@@ -76,5 +80,25 @@ def lr_grid():
           "first": [first4, first1]}
 
 
+def tract_run():
+  config = ml_collections.ConfigDict(dict(batch_size=16, eval_every_steps=5, num_steps=10,
+                                          mlp=dict(hidden_sizes=(32,))))
+  rng = np.random.default_rng(1)
+  x_tr, x_te = (rng.normal(size=(n, 40)).astype(np.float32) for n in (64, 32))
+  y_tr, y_te = rng.integers(0, 10, size=64), rng.integers(0, 10, size=32)
+  init, loss, logits = tract.build_model("mlp_mnist1d", config, 0.1, 40)
+  out = {}
+  for name, mesh in (("1", MESH1), ("4x1", MESH4), ("2x2", mesh_lib.make_mesh(2, 2))):
+    trainer = tract.make_trainer(init, loss, logits, optax.adam(3e-3), config, mesh)
+    compiled = trainer.lower(x_tr, y_tr, x_te, y_te, 0).compile()
+    text = compiled.as_text()
+    acc, train_loss = compiled(x_tr, y_tr, x_te, y_te, 0)
+    out[name] = {"acc": np.asarray(acc).tolist(), "loss": np.asarray(train_loss).tolist(),
+                 "all_gathers": text.count(" all-gather("),
+                 "all_reduces": text.count(" all-reduce(")}
+  return out
+
+
 if __name__ == "__main__":
-  print(json.dumps({"devices": jax.device_count(), "ensemble": ensemble(), "lr_grid": lr_grid()}))
+  print(json.dumps({"devices": jax.device_count(), "ensemble": ensemble(), "lr_grid": lr_grid(),
+                    "tract": tract_run()}))

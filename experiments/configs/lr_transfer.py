@@ -15,25 +15,30 @@ mini-batches of 128, same initialization and batches for every learning rate.
 optimum is the grid point with the lowest final training loss; the sharpness
 runs use, per parametrization, the learning rate tuned at the narrowest width.
 
-Expected (measured, seed 0). quick: depth 3, widths 32/64/128/256 (8×), 500
-Adam steps, η = 2^-14 … 2^-4; 9 min 44 s wall on a 2-core machine shared with
-other jobs (load average 12-14); 4 min 44 s as the repro test at lighter load:
+Expected (measured, seed 0, re-run at commit c6d9a32 as the repro test). quick:
+depth 3, widths 32/64/128/256 (8×), 500 Adam steps, η = 2^-14 … 2^-4; 98 s of
+CPU, 4 min 21 s wall on a 2-core machine shared with other jobs (load ~15):
   optimal log2 η per width — µP: -6 / -6 / -6 / -6 (shift 0 grid steps);
-  SP: -7 / -7 / -8 / -9 (shift 2; ∝ 1/width from 64 on, as Adam-SP theory says).
-  Best final train loss (from ≈ 2.3 at init): µP 0.81 / 0.37 / 0.17 / 0.036,
-  SP 0.70 / 0.29 / 0.048 / 0.012. Margins are thin at the narrowest width: µP
-  at 32 has 0.814 (2^-6) vs 0.824 (2^-7), SP 0.702 (2^-7) vs 0.711 (2^-6); an
-  earlier run differing only in init round-off gave µP -7/-6/-6/-6 (shift 1).
-  Adaptive sharpness (median over the last half) at the η tuned at width 32:
-  µP (η = 2^-6) 232 / 325 / 302 / 361 (×1.56 over 8×, noisy, no trend after
-  64), SP (η = 2^-7) 361 / 488 / 757 / 929 (×2.57, rising with width); all
-  far below Adam's threshold 38/η (2,432 and 4,864).
-  seed 1 (4 min 6 s): µP -7 / -6 / -6 / -6 (shift 1), SP -6 / -7 / -8 / -9
-  (shift 3); sharpness µP 410 → 515 (×1.26), SP 202 → 420 (×2.08).
-  seeds 2 and 3 (later code; about 5 min wall each at load ~14): µP -7 / -6 /
-  -6 / -6 (shift 1) both; SP -7 / -7 / -8 / -9 (shift 2) and -7 / -7 / -8 / -8
-  (shift 1). So "SP moves ≥ 2 grid steps" holds on 3 of seeds 0-3, not on
-  every seed at this scale. Transfer measured as a loss ratio instead: the η
+  SP: -6 / -7 / -8 / -9 (shift 3; ∝ 1/width, as Adam-SP theory says).
+  Best final train loss (from 2.3-3.1 at init): µP 0.81 / 0.38 / 0.15 / 0.098,
+  SP 0.69 / 0.29 / 0.048 / 0.012. Margins are thin at the narrowest width: µP
+  at 32 has 0.815 (2^-6) vs 0.824 (2^-7), SP 0.685 (2^-6) vs 0.702 (2^-7); an
+  earlier run of older code gave SP -7 / -7 / -8 / -9 (shift 2) and best
+  losses µP 0.81 / 0.37 / 0.17 / 0.036. The η tuned at width 32, used at width
+  256, reaches 1.00× the best width-256 loss under µP and 45× under SP.
+  Adaptive sharpness (median over the last half) at the η tuned at width 32
+  (2^-6 for both): µP 232 / 293 / 299 / 316 (×1.36 over 8×), SP 229 / 360 /
+  388 / 372 (×1.63); all far below Adam's threshold 38/η (2,432). (Older code,
+  SP at 2^-7: µP ×1.56, SP ×2.57.)
+  seeds 1 and 4 (same code, 4 min 36 s and 5 min 6 s wall at load ~12-18): µP
+  -6 / -6 / -6 / -6 (shift 0) and -7 / -6 / -6 / -6 (shift 1), SP -6 / -7 / -8
+  / -9 (shift 3) and -7 / -7 / -8 / -9 (shift 2); loss ratio µP 1.00× and
+  2.15×, SP 34× and 20×. (Seed 1 on older code: µP shift 1, SP shift 3,
+  sharpness µP ×1.26, SP ×2.08.)
+  seeds 2 and 3 (earlier code, not re-run at c6d9a32; about 5 min wall each at
+  load ~14): µP -7 / -6 / -6 / -6 (shift 1) both; SP -7 / -7 / -8 / -9 (shift
+  2) and -7 / -7 / -8 / -8 (shift 1). So "SP moves ≥ 2 grid steps" holds on 4
+  of seeds 0-4, not on every seed at this scale. Transfer measured as a loss ratio instead: the η
   tuned at width 32, used at width 256, reaches 1.60× / 1.46× the best
   width-256 loss under µP and 9.7× / 26× under SP. Sharpness ratio (last
   half) µP ×1.22 / ×1.43, SP ×2.72 / ×1.64.

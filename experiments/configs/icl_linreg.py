@@ -56,7 +56,8 @@ Runtime and expected results:
     steps; max error / d over n >= 6 on 512 fresh prompts): Garg et al.'s
     curriculum scaled to d = 5 (dims 2 -> 5 by 1, points 5 -> 11 by 2) every
     400 steps: 0.37 at step 3,500 (stopped there); every 250 steps: 0.49 at
-    4,500; every 400 steps at peak rate 3e-3: 0.51 at 4,500. None leaves the
+    4,500; every 400 steps at peak rate 3e-3: 0.51, at 1e-3: 0.50; no
+    curriculum at peak rate 1e-3: 0.52 (all at 4,500). None leaves the
     plateau, so the quick config keeps no curriculum. (Seed 2 with the 400-step
     curriculum: 0.11 at step 2,500, off the plateau; seed 2 without it not run.)
     bfloat16 (`--config.model.compute_dtype=bfloat16`, float32 master weights),

@@ -27,7 +27,8 @@ Expected (measured, seed 0, MNIST-1D 1,000 training signals, 2×200 tanh, MSE):
   11 min 3 s wall on an idle 2-core machine, OPENBLAS_NUM_THREADS=1): median
   λ_max·η/2 over the last half = 1.007 / 1.012 / 1.013 (max 1.026 / 1.025 /
   1.032; re-run at commit c6d9a32, 13 min wall, 1,323 s CPU, idle machine;
-  first run 1.014 for η = 0.10, max 1.023 / 1.033). All three sharpen to 2/η and hover there: η = 0.10 from step ~840,
+  first run 1.014 for η = 0.10, max 1.023 / 1.033). All three sharpen to 2/η
+  and hover there: η = 0.10 from step ~840,
   η = 0.08 after a plateau near 23.5 from step ~3,900, η = 0.06 after the same
   plateau, climbing 23.5 → 33.3 between steps ~4,500 and ~8,900. Loss falls
   to 14% / 14% / 10% of its start while rising on 37% / 49% / 47% of the

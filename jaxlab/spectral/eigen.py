@@ -128,13 +128,9 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     dtype: Lanczos working dtype (``jnp.float64`` in an x64 scope), default the params'.
     tol: stop early once the Ritz residual estimates are within ``tol`` relative
       (see Math); ``num_iters`` is then the cap. None (default): run all steps.
-    host: where the Lanczos algebra runs: True, in NumPy float64 on the host
-      (only the operator's product is compiled; see
-      :mod:`jaxlab.spectral.lanczos_host`); False, in jitted steps on the params'
-      devices (basis in ``dtype``); None (default), the host when every params
-      leaf is on one CPU device and the float64 basis, ``(num_iters + 1)·n·8``
-      bytes, is below 256 MiB, else the devices. Both give the same values to
-      the working precision.
+    host: where the Lanczos algebra runs: True, NumPy float64 on the host; False,
+      jitted steps on the params' devices; None (default), chosen as
+      :func:`jaxlab.spectral.lanczos.lanczos` documents.
 
   Returns:
     :class:`Eigenpairs` ``(eigenvalues, eigenvectors, residuals, ritz_residuals,

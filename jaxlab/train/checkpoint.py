@@ -36,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxlab._tree import path_parts
-from jaxlab.train import io, multihost
+from jaxlab.train import io, multihost, sharding
 from jaxlab.train.errors import CheckpointError
 from jaxlab.train.step import TrainState
 
@@ -74,20 +74,10 @@ def _to_tree(state: TrainState) -> dict:
   return tree
 
 
-def _whole(x: Any) -> np.ndarray:
-  """The whole array on the host, also when other processes hold some of its shards."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    if x.is_fully_replicated:  # this process's copy is the whole array
-      return np.asarray(x.addressable_data(0))
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))  # collective
-  return np.asarray(jax.device_get(x))
-
-
 def _leaf_record(x: Any, digest: bool) -> dict:
   rec = {"shape": list(np.shape(x)), "dtype": str(np.dtype(x.dtype))}
   if digest:
-    rec["sha256"] = hashlib.sha256(np.ascontiguousarray(_whole(x)).tobytes()).hexdigest()
+    rec["sha256"] = hashlib.sha256(np.ascontiguousarray(sharding.whole(x)).tobytes()).hexdigest()
   return rec
 
 

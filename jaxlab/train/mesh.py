@@ -222,10 +222,4 @@ def put_split(tree: Any, mesh: Mesh) -> Any:
 
 def to_host(tree: Any) -> Any:
   """numpy copies of the leaves; an array spread over several processes is gathered first."""
-  from jax.experimental import multihost_utils
-
-  def one(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-  return jax.tree.map(one, tree)
+  return jax.tree.map(sharding.whole, tree)

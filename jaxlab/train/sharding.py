@@ -47,6 +47,17 @@ def put_replicated(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, tree)
 
 
+def whole(x: Any) -> np.ndarray:
+  """The whole array on the host, also when other processes hold some of its shards
+  (then a collective: every process must call it for the same leaf)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:  # this process's copy is the whole array
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """Leading dimension split over "data" (over every axis of a 2-D mesh, e.g. data × fsdp)."""
   if tuple(mesh.axis_names) == (DATA_AXIS,):

@@ -169,12 +169,15 @@ def run(product: Callable, spec: ops.FlatSpec, key, num_iters: int, reorth: bool
   recorded and the next vector is the device path's hashed restart vector,
   orthogonalized twice. The product sees each ``v_j`` rounded to the params'
   dtypes; everything else is float64 (NumPy's BLAS sums of n products err by
-  about n·eps₆₄ relative, far below float32's resolution).
+  about n·eps₆₄ relative, far below float32's resolution). A single-batch operator's
+  products go through its ``tiered`` call (the first ones of a signature from a
+  quick-to-compile program, :func:`jaxlab.spectral.operators.tiered_call`).
 
   Returns the basis (num_iters + 1, n) float64 (rows past the steps done are
   zero), the coefficients and the number of steps done.
   """
   n, m = spec.size, int(num_iters)
+  product = getattr(product, "tiered", product)  # a single-batch operator: see its tiered
   eps = float(np.finfo(np.dtype(dtype)).eps)
   x0, seed = _start(key, salt, v0, spec, dist)
   V = np.zeros((m + 1, n))
@@ -215,6 +218,7 @@ def ritz_pairs(product: Callable, V: np.ndarray, Uk: np.ndarray, theta: np.ndarr
   user would apply) and summed in float64, as on the device path. Returns the
   vectors stacked as a pytree (leading axis k, JAX arrays) and the residuals.
   """
+  product = getattr(product, "tiered", product)
   Y = np.einsum("km,mn->kn", np.asarray(Uk, np.float64), V)
   Y /= np.sqrt(np.einsum("kn,kn->k", Y, Y))[:, None]
   ys = [unravel(y, spec) for y in Y]

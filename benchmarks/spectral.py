@@ -27,7 +27,10 @@ both. Every number is compared at equal accuracy against a reference:
     relative error <= 1e-3 (its fastest run among tol 1e-3, 1e-4 with all cores' torch threads
     and with one), construction included; then our warm call and a call with a new num_iters;
     wall and process CPU time, load average before and after; --first-call-host picks
-    top_eigenpairs' host argument (default auto: the NumPy host path on CPU);
+    top_eigenpairs' host argument (default auto: the NumPy host path on CPU); then cold vs
+    cold (full config, 3 rounds): each probe the first in a fresh process, the model set up
+    outside the clock: ours as is, with tol=1e-3, with tol and quick_compile=True, and
+    PyHessian at tol 1e-3 and 1e-4 on one torch thread (its first autograd pass included);
   * CNN: 20 Lanczos steps on SmallCNN (Conv-BatchNorm-ReLU x2, eval mode at fixed
     batch statistics) on 256 sklearn digits, per call after compile: one batch,
     [batch], 4 batches of 64, a user's own HVP as a plain ``Partial`` and
@@ -74,6 +77,7 @@ FULL = dict(sizes=(32, 64, 64, 10), batch=512, train_steps=100, eig_tols=(1e-2, 
             trace_seeds=3, lanczos_grid=(4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80),
             ref_iters=150, slq=(80, 2), big_sizes=(64, 1024, 1024, 10), big_batches=(1024, 4096),
             big_iters=100, first_sizes=(64, 300, 256, 10), first_batch=512, first_iters=20,
+            first_tol=1e-3, cold_rounds=3,
             cnn_features=(16, 32), cnn_examples=256, cnn_batches=4, cnn_iters=20, cnn_repeats=5,
             big_train_steps=20, big_ks=(1, 5), big_tol=1e-3, big_ref=150,
             big_grid=(4, 6, 8, 10, 15, 20, 25, 30, 40, 50, 60, 80), big_py_iters=100)
@@ -82,7 +86,8 @@ QUICK = dict(sizes=(8, 16, 16, 3), batch=64, train_steps=30, eig_tols=(1e-2, 1e-
              py_budgets=(12, 24), py_tols=(1e-2,), trace_seeds=2,
              lanczos_grid=(4, 8, 16), ref_iters=None, slq=(20, 16),
              big_sizes=(8, 64, 64, 3), big_batches=(64,), big_iters=20,
-             first_sizes=(8, 32, 32, 3), first_batch=64, first_iters=20,
+             first_sizes=(8, 32, 32, 3), first_batch=64, first_iters=20, first_tol=1e-3,
+             cold_rounds=0,
              cnn_features=(4, 4), cnn_examples=64, cnn_batches=4, cnn_iters=8, cnn_repeats=2,
              big_train_steps=5, big_ks=(1, 5), big_tol=1e-3, big_ref=100,
              big_grid=(8, 16, 32, 64), big_py_iters=50)
@@ -202,8 +207,11 @@ def references(params, batch, cfg, n):
 # PyHessian side.
 
 
-def torch_side(params, batch, skip=False):
-  """(torch module or None, note, hessian-builder) — None when torch is missing."""
+def torch_side(params, batch, skip=False, check=True):
+  """(torch module or None, note, hessian-builder) — None when torch is missing.
+
+  ``check``: compare the torch loss with ours (a forward pass of each; off for a cold probe,
+  where nothing of torch's autograd or our compiled code may run before the clock)."""
   if skip:
     return None, "--skip-peer: PyHessian columns skipped", None
   try:
@@ -250,10 +258,11 @@ def torch_side(params, batch, skip=False):
   x = torch.from_numpy(np.asarray(batch[0]).copy())
   y = torch.from_numpy(np.asarray(batch[1]).astype(np.int64))
   crit = torch.nn.CrossEntropyLoss()
-  with torch.no_grad():
-    l_t = float(crit(model(x), y))
-  l_j = float(loss_fn(params, batch))
-  assert abs(l_t - l_j) < 1e-4 * max(1.0, abs(l_j)), (l_t, l_j)
+  if check:
+    with torch.no_grad():
+      l_t = float(crit(model(x), y))
+    l_j = float(loss_fn(params, batch))
+    assert abs(l_t - l_j) < 1e-4 * max(1.0, abs(l_j)), (l_t, l_j)
 
   def build():
     return PyHessian(model, crit, data=(x, y), cuda=False)
@@ -593,7 +602,82 @@ def bench_first_call(cfg, skip_peer, host=None):
   else:
     out["pyhessian_note"] = note
   out["load_before"], out["load_after"] = list(load_before), list(os.getloadavg())
+  if cfg["cold_rounds"]:
+    out["cold"] = cold_vs_cold(cfg, params, batch, lam, skip_peer or build is None)
   return out
+
+
+COLD_PROBES = ("jaxlab", "jaxlab_tol", "jaxlab_tol_quick", "pyhessian_tol1e-3",
+               "pyhessian_tol1e-4")
+
+
+def cold_vs_cold(cfg, params, batch, lam, skip_peer):
+  """Each probe as the first one of a fresh process, ``cold_rounds`` rounds, probes interleaved.
+
+  In the process, the model is set up outside the clock (params and batch loaded from a file
+  and placed; for PyHessian the torch module built, no forward pass), then one probe is
+  timed, wall and process CPU: ours ``top_eigenpairs(k=1, num_iters=first_iters)`` as is,
+  with ``tol=first_tol``, and with ``tol`` and ``quick_compile=True`` (XLA's first compile
+  in the process included); PyHessian's ``eigenvalues(tol)`` at tol 1e-3 and 1e-4 on one
+  torch thread (torch's first autograd pass included).
+  """
+  import subprocess
+  import tempfile
+
+  probes = COLD_PROBES[:3] if skip_peer else COLD_PROBES
+  runs = []
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "first_call.npz")
+    arrays = {f"{k}{i}": np.asarray(layer[k]) for i, layer in enumerate(params) for k in "wb"}
+    np.savez(path, x=np.asarray(batch[0]), y=np.asarray(batch[1]), num_iters=cfg["first_iters"],
+             tol=cfg["first_tol"], layers=len(params), **arrays)
+    for r in range(cfg["cold_rounds"]):
+      for which in probes:
+        load = os.getloadavg()
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--cold-probe", which,
+                               "--cold-data", path], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+          raise RuntimeError(f"cold probe {which} failed:\n{done.stderr[-3000:]}")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        row.update(round=r, load_before=list(load), rel_err=abs(row["lam"] - lam) / abs(lam))
+        runs.append(row)
+  summary = {}
+  for which in probes:
+    rs = [x for x in runs if x["which"] == which]
+    summary[which] = dict(time_s=[x["time_s"] for x in rs], cpu_s=[x["cpu_s"] for x in rs],
+                          rel_err=max(x["rel_err"] for x in rs),
+                          num_iters=[x.get("num_iters") for x in rs])
+  return dict(runs=runs, summary=summary)
+
+
+def cold_probe(which, path):
+  """One probe of :func:`cold_vs_cold`, run as the first in this process; returns its row."""
+  if which not in COLD_PROBES:
+    raise ValueError(f"--cold-probe is {which!r}; allowed: {', '.join(COLD_PROBES)}")
+  d = np.load(path)
+  params = [{"w": jnp.asarray(d[f"w{i}"]), "b": jnp.asarray(d[f"b{i}"])}
+            for i in range(int(d["layers"]))]
+  batch = (jnp.asarray(d["x"]), jnp.asarray(d["y"]))
+  block((params, batch))
+  m, tol = int(d["num_iters"]), float(d["tol"])
+  row = dict(which=which)
+  if which.startswith("jaxlab"):
+    t0, c0 = time.perf_counter(), time.process_time()
+    pairs = top_eigenpairs(ops.hessian_vp(loss_fn, params, batch), params, k=1,
+                           key=jax.random.key(0), num_iters=m,
+                           tol=None if which == "jaxlab" else tol,
+                           quick_compile=which == "jaxlab_tol_quick")
+    lam = float(pairs.eigenvalues[0])
+    row.update(num_iters=pairs.num_iters)
+  else:
+    torch, _, build = torch_side(params, batch, check=False)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    vals, _ = build().eigenvalues(maxIter=1000, tol=float(which.split("tol")[1]), top_n=1)
+    lam = float(vals[0])
+  row.update(time_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, lam=lam)
+  return row
 
 
 def _rel_errs(vals, ref, k):
@@ -831,6 +915,16 @@ def print_first_call(f):
     print("  (the first PyHessian run includes torch's own warm-up)")
   if "pyhessian_note" in f:
     print(f"  ({f['pyhessian_note']})")
+  if "cold" in f:
+    print("\ncold vs cold: each probe the first in a fresh process (model set up outside the "
+          "clock); wall s / CPU s per round:")
+    print("| probe | " + " | ".join(f"round {r + 1}" for r in range(len(
+        next(iter(f["cold"]["summary"].values()))["time_s"]))) + " | max rel err |")
+    print("|---|" + "---|" * (1 + len(next(iter(f["cold"]["summary"].values()))["time_s"])))
+    for which, x in f["cold"]["summary"].items():
+      cells = " | ".join(f"{t:.2f} / {c:.2f}" for t, c in zip(x["time_s"], x["cpu_s"],
+                                                               strict=True))
+      print(f"| {which} | {cells} | {x['rel_err']:.1e} |")
 
 
 def fmt_load(la):
@@ -912,7 +1006,13 @@ def main(argv=None):
                        "rule), host (True) or device (False)")
   ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/spectral"
                   "[_quick].json)")
+  ap.add_argument("--cold-probe", default=None, help=argparse.SUPPRESS)  # cold_vs_cold's child
+  ap.add_argument("--cold-data", default=None, help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
+  if args.cold_probe is not None:
+    row = cold_probe(args.cold_probe, args.cold_data)
+    print(json.dumps(row))
+    return row
   cfg = QUICK if args.quick else FULL
   first_host = {"auto": None, "host": True, "device": False}[args.first_call_host]
   if args.batches is not None:

@@ -154,7 +154,8 @@ def _gs(V: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def run(product: Callable, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, dtype: Any,
         v0: Any = None, dist: str = "uniform", salt: int = 0,
-        stop: Callable | None = None, layout: Any = None) -> tuple[np.ndarray, HostCarry, int]:
+        stop: Callable | None = None, layout: Any = None,
+        quick: bool = False) -> tuple[np.ndarray, HostCarry, int]:
   """Lanczos on the host: the arguments and the stop rule of ``run_lanczos``
   (``product`` is its ``tree_product(matvec)``; a ``layout`` is ignored, the host holds
   the whole basis).
@@ -169,15 +170,15 @@ def run(product: Callable, spec: ops.FlatSpec, key, num_iters: int, reorth: bool
   recorded and the next vector is the device path's hashed restart vector,
   orthogonalized twice. The product sees each ``v_j`` rounded to the params'
   dtypes; everything else is float64 (NumPy's BLAS sums of n products err by
-  about n·eps₆₄ relative, far below float32's resolution). A single-batch operator's
-  products go through its ``tiered`` call (the first ones of a signature from a
-  quick-to-compile program, :func:`jaxlab.spectral.operators.tiered_call`).
+  about n·eps₆₄ relative, far below float32's resolution). ``quick``: a single-batch
+  operator's products come from its quick-to-compile program
+  (:func:`jaxlab.spectral.operators.quick_call`).
 
   Returns the basis (num_iters + 1, n) float64 (rows past the steps done are
   zero), the coefficients and the number of steps done.
   """
   n, m = spec.size, int(num_iters)
-  product = getattr(product, "tiered", product)  # a single-batch operator: see its tiered
+  product = _quick(product) if quick else product
   eps = float(np.finfo(np.dtype(dtype)).eps)
   x0, seed = _start(key, salt, v0, spec, dist)
   V = np.zeros((m + 1, n))
@@ -208,8 +209,13 @@ def run(product: Callable, spec: ops.FlatSpec, key, num_iters: int, reorth: bool
   return V, HostCarry(alphas, betas), m
 
 
+def _quick(product: Callable) -> Callable:
+  """A single-batch operator's quick-to-compile product; any other product as it is."""
+  return getattr(product, "quick", product)
+
+
 def ritz_pairs(product: Callable, V: np.ndarray, Uk: np.ndarray, theta: np.ndarray,
-               spec: ops.FlatSpec) -> tuple[Any, np.ndarray]:
+               spec: ops.FlatSpec, quick: bool = False) -> tuple[Any, np.ndarray]:
   """Unit Ritz vectors ``y_i = V u_i`` and their explicit residuals ``‖A y_i − θ_i y_i‖``.
 
   V: (m, n) float64 basis rows; Uk: (k, m) the selected eigenvectors of T; theta: (k,).
@@ -218,7 +224,7 @@ def ritz_pairs(product: Callable, V: np.ndarray, Uk: np.ndarray, theta: np.ndarr
   user would apply) and summed in float64, as on the device path. Returns the
   vectors stacked as a pytree (leading axis k, JAX arrays) and the residuals.
   """
-  product = getattr(product, "tiered", product)
+  product = _quick(product) if quick else product
   Y = np.einsum("km,mn->kn", np.asarray(Uk, np.float64), V)
   Y /= np.sqrt(np.einsum("kn,kn->k", Y, Y))[:, None]
   ys = [unravel(y, spec) for y in Y]

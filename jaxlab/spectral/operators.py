@@ -545,26 +545,15 @@ def _ggn_product(model, out_loss, params, batch, v):
 
 
 # ---------------------------------------------------------------------------
-# A quick first tier of the product, for the host-path Lanczos on a CPU.
+# A quick-to-compile program of the product, for one-off host-path probes on a CPU.
 
 # XLA:CPU's legacy emitters at LLVM -O0. On the benchmark's 99k-parameter MLP (batch 512;
 # benchmarks/RESULTS.md, first-call section) the product then compiles in 0.08 s of CPU time
-# instead of 0.45 s and runs in ~10.5 ms instead of ~6.2 ms: a run of fewer than ~80 products
-# is done sooner, a longer one later.
+# instead of 0.45 s and runs in ~10.5 ms instead of ~6.2 ms: a cold call of fewer than ~80
+# products is done sooner, a longer or repeated one later.
 QUICK_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0}
-# How many flops (XLA's count for one product, times the products) a signature may spend in
-# the quick program before the default one is compiled. The extra compile repays itself
-# after ~60 GFLOP of products on the 99k-parameter MLP (86 products of 0.71 GFLOP) and
-# ~70-160 GFLOP on a 1.1M-parameter one (4-9 products of 17.8 GFLOP); a third of the smaller.
-QUICK_FLOPS = 2e10
-_QUICK_CACHE = 256  # signatures remembered (least recently used dropped)
+_QUICK_CACHE = 256  # signatures whose quick executable is kept (least recently used dropped)
 _quick: collections.OrderedDict = collections.OrderedDict()
-
-
-class _Tier(NamedTuple):
-  compiled: Any  # the quick executable, or None once the default program took over
-  flops: float  # XLA's flop count of one product
-  spent: float  # flops spent in quick products so far
 
 
 def _on_cpu(leaves: list) -> bool:
@@ -581,51 +570,31 @@ def _on_cpu(leaves: list) -> bool:
   return True
 
 
-def _flops(compiled: Any) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per module
-    cost = cost[0] if cost else None
-  flops = None if not cost else cost.get("flops")
-  return float(flops) if flops is not None and flops > 0 else math.inf
+def quick_call(product: Callable, args: tuple) -> PyTree:
+  """``product(*args)`` (a module-level jitted product) through its quick-to-compile program.
 
-
-def tiered_call(product: Callable, args: tuple) -> PyTree:
-  """``product(*args)`` (a module-level jitted product), its first calls per signature through
-  a quick-to-compile program.
-
-  Per signature (the args' pytree structure, shapes and dtypes) on one CPU device: the first
-  call compiles the product with :data:`QUICK_CPU_OPTIONS` (the trace and lowering are the
-  default program's, shared) and later calls reuse it while the flops spent in it, XLA's
-  count per product times the products, stay within :data:`QUICK_FLOPS`; after that the
-  default, optimized program is compiled and used (a ski-rental rule: quick products cost
-  ~1.7x a default one, the default compile ~5x the quick one). Deterministic: which program
-  computes a product depends only on the sequence of calls, never on timings. The two
-  programs round differently (same math; about 3e-7 relative on the 99k MLP in float32).
+  On one CPU device the product is compiled with :data:`QUICK_CPU_OPTIONS`, once per
+  signature (the args' pytree structure, shapes and dtypes; the trace and lowering are
+  shared with the default program), and that executable is used. The two programs compute
+  the same product and round differently (about 3e-7 relative on the 99k MLP in float32);
+  which one runs depends only on the caller's choice, never on what was compiled before.
   Elsewhere (accelerators, several devices) it is ``product(*args)``.
   """
   leaves, treedef = jax.tree_util.tree_flatten(args)
   try:
     sig = (product, treedef, tuple(jax.typeof(x) for x in leaves))
-    tier = _quick.get(sig)
-  except TypeError:  # an unhashable leaf type or static part: no tier
+    compiled = _quick.get(sig)
+  except TypeError:  # an unhashable static part: the default program
     return product(*args)
-  if tier is None:
-    if not _on_cpu(leaves):
-      tier = _Tier(None, math.inf, 0.0)
-    else:
+  if compiled is None:
+    compiled = False
+    if _on_cpu(leaves):
       compiled = product.trace(*args).lower().compile(compiler_options=QUICK_CPU_OPTIONS)
-      tier = _Tier(compiled, _flops(compiled), 0.0)
-    _quick[sig] = tier
+    _quick[sig] = compiled
     if len(_quick) > _QUICK_CACHE:
       _quick.popitem(last=False)
   _quick.move_to_end(sig)
-  if tier.compiled is None:
-    return product(*args)
-  if tier.spent > 0 and tier.spent + tier.flops > QUICK_FLOPS:
-    _quick[sig] = tier._replace(compiled=None)  # the default program from now on
-    return product(*args)
-  _quick[sig] = tier._replace(spent=tier.spent + tier.flops)
-  return tier.compiled(*args)
+  return compiled(*args) if compiled is not False else product(*args)
 
 
 @jax.jit
@@ -673,12 +642,12 @@ class BatchOperator:
       return _hvp_product(*self.fns, self.params, self.batch, v)
     return _ggn_product(*self.fns, self.params, self.batch, v)
 
-  def tiered(self, v: PyTree) -> PyTree:
-    """``M v`` as a call, its first products per signature through a quick-to-compile
-    program on a CPU (:func:`tiered_call`); the host-path Lanczos calls this."""
+  def quick(self, v: PyTree) -> PyTree:
+    """``M v`` as a call, through the quick-to-compile program on a CPU (:func:`quick_call`;
+    ``top_eigenpairs(..., quick_compile=True)`` calls this)."""
     check_like(v, self.spec or flat_spec(self.params, "params"), "v")
     product = _hvp_product if self.kind == "hvp" else _ggn_product
-    return tiered_call(product, (*self.fns, self.params, self.batch, v))
+    return quick_call(product, (*self.fns, self.params, self.batch, v))
 
   def linearize(self) -> Callable:
     """``v -> Mv`` from residuals computed now (call inside a jit; see :func:`linearized`)."""

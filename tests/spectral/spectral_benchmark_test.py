@@ -121,3 +121,26 @@ def test_big_row_with_peers(tmp_path, capsys):
   for k in ("1", "5"):
     runs = big["pyhessian"][k]["runs"]
     assert runs and all(np.isfinite(r["rel_err"]) and r["time_s"] > 0 for r in runs)
+
+
+def test_cold_probe_runs_one_probe(tmp_path):
+  """The child of the cold-vs-cold row, called in this process (not cold here): one
+  top_eigenpairs with tol and quick_compile on the quick-size MLP, its value and timings."""
+  mod = _load()
+  cfg = mod.QUICK
+  sizes = cfg["first_sizes"]
+  params = mod.mlp_init(3, sizes)
+  batch = mod.make_data(5, sizes, cfg["first_batch"])
+  path = tmp_path / "first_call.npz"
+  np.savez(path, x=np.asarray(batch[0]), y=np.asarray(batch[1]), num_iters=20, tol=1e-3,
+           layers=len(params), **{f"{k}{i}": np.asarray(p[k]) for i, p in enumerate(params)
+                                  for k in "wb"})
+  row = mod.cold_probe("jaxlab_tol_quick", str(path))
+  ref = mod.lanczos(mod.ops.hessian_vp(mod.loss_fn, params, batch), params, 60,
+                    mod.jax.random.key(9))
+  lam = np.linalg.eigvalsh(mod.tridiagonal(ref.alphas, ref.betas))[-1]
+  # the stop rule bounds the error by tol·|θ| (Parlett Thm 4.5.1)
+  assert abs(row["lam"] - lam) <= 1e-3 * abs(lam) and row["num_iters"] <= 20
+  assert row["time_s"] > 0 and row["cpu_s"] > 0
+  with pytest.raises(ValueError, match="--cold-probe is 'bogus'"):
+    mod.cold_probe("bogus", str(path))

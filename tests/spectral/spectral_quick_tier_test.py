@@ -1,5 +1,5 @@
-"""The host path's quick tier of the product (operators.tiered_call): a signature's first
-products come from a quick-to-compile program, then the default one; both give Hv."""
+"""top_eigenpairs(quick_compile=True): a single-batch operator's products from a program XLA:CPU
+compiles fast (operators.quick_call), against the dense Hessian and the default program."""
 
 import collections
 import functools
@@ -13,6 +13,8 @@ import spectral_models as sm
 from jaxlab.spectral import eigen
 from jaxlab.spectral import operators as ops
 
+cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's quick program")
+
 
 @functools.lru_cache(maxsize=None)
 def _problem():
@@ -23,66 +25,58 @@ def _problem():
   return params, batch, H
 
 
-def _tier_loss(p, batch):  # its own function: a signature no other test has used
-  return sm.mlp_loss(p, batch)
-
-
-def _lanczos_loss(p, batch):
+def _quick_loss(p, batch):  # its own function: a signature no other test has used
   return sm.mlp_loss(p, batch)
 
 
 @pytest.fixture
-def fresh_tiers(monkeypatch):
-  tiers = collections.OrderedDict()
-  monkeypatch.setattr(ops, "_quick", tiers)
-  return tiers
+def fresh_cache(monkeypatch):
+  cache = collections.OrderedDict()
+  monkeypatch.setattr(ops, "_quick", cache)
+  return cache
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the quick tier is XLA:CPU's")
-def test_quick_products_then_the_default_program(fresh_tiers, monkeypatch, compiles):
+@cpu_only
+def test_quick_product_matches_the_dense_hessian(fresh_cache, compiles):
   params, batch, H = _problem()
-  op = ops.hessian_vp(_tier_loss, params, batch)
+  op = ops.hessian_vp(_quick_loss, params, batch)
   v = sm.unflat_like(np.linspace(-1.0, 1.0, H.shape[0]).astype(np.float32), params)
   ref = H @ sm.flat(v)
-  # float32 products: each entry within ~eps·‖H‖‖v‖; 1e-5 of the largest entry allowed
-  close = lambda hv: np.abs(sm.flat(hv) - ref).max() <= 1e-5 * np.abs(ref).max()
-
-  first = op.tiered(v)
-  (tier,) = fresh_tiers.values()
-  assert tier.compiled is not None and 0 < tier.flops < np.inf and tier.spent == tier.flops
-  monkeypatch.setattr(ops, "QUICK_FLOPS", 2.5 * tier.flops)  # room for two quick products
-  second = op.tiered(v)
-  (tier,) = fresh_tiers.values()
-  assert tier.compiled is not None and tier.spent == 2 * tier.flops
+  quick = op.quick(v)
+  (compiled,) = fresh_cache.values()
+  assert compiled is not False  # an executable was built with QUICK_CPU_OPTIONS
+  v2 = jax.block_until_ready(jax.tree.map(lambda a: 2 * a, v))
   del compiles[:]
-  third = op.tiered(v)  # 3 x flops > the budget: the default program is compiled now
-  (tier,) = fresh_tiers.values()
-  assert tier.compiled is None
-  assert compiles, "the switch to the default program compiled nothing"
-  del compiles[:]
-  fourth = op.tiered(v)
-  assert compiles == []
-  assert all(close(hv) for hv in (first, second, third, fourth))
-  # the two programs differ only by rounding (about 1e-7 relative here)
-  np.testing.assert_allclose(sm.flat(first), sm.flat(op(v)), rtol=0,
-                             atol=1e-6 * np.abs(ref).max())
+  again = op.quick(v2)  # same signature: nothing new
+  assert compiles == [] and len(fresh_cache) == 1
+  # float32 products: within ~eps·‖H‖‖v‖ per entry; 1e-5 of the largest entry allowed
+  scale = np.abs(ref).max()
+  np.testing.assert_allclose(sm.flat(quick), ref, rtol=0, atol=1e-5 * scale)
+  np.testing.assert_allclose(sm.flat(again), 2 * ref, rtol=0, atol=2e-5 * scale)
+  # the default program: the same product up to rounding (about 1e-7 relative here)
+  np.testing.assert_allclose(sm.flat(quick), sm.flat(op(v)), rtol=0, atol=1e-6 * scale)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the quick tier is XLA:CPU's")
-def test_host_lanczos_runs_on_the_quick_tier(fresh_tiers):
-  """top_eigenpairs(host=True): m steps and k residual products, all quick (tiny flops)."""
+@cpu_only
+def test_top_eigenpairs_quick_compile(fresh_cache):
+  """The host path's m steps and k residual products all go through the quick program."""
   params, batch, H = _problem()
   lam = np.linalg.eigvalsh(H)
-  pairs = eigen.top_eigenpairs(ops.hessian_vp(_lanczos_loss, params, batch), params, 2,
-                               jax.random.key(0), num_iters=30, host=True)
-  (tier,) = fresh_tiers.values()
-  assert tier.compiled is not None and tier.spent == (30 + 2) * tier.flops
-  # float32 products, gap-separated top pair: ~1e-6 relative; 1e-5 allowed
-  np.testing.assert_allclose(pairs.eigenvalues, lam[::-1][:2], rtol=0, atol=1e-5 * lam[-1])
+  mv = ops.hessian_vp(_quick_loss, params, batch)
+  key = jax.random.key(0)
+  quick = eigen.top_eigenpairs(mv, params, 2, key, num_iters=30, host=True, quick_compile=True)
+  assert len(fresh_cache) == 1
+  plain = eigen.top_eigenpairs(mv, params, 2, key, num_iters=30, host=True)
+  # float32 products, gap-separated top pairs: ~1e-6 relative; 1e-5 allowed
+  np.testing.assert_allclose(quick.eigenvalues, lam[::-1][:2], rtol=0, atol=1e-5 * lam[-1])
+  np.testing.assert_allclose(quick.eigenvalues, plain.eigenvalues, rtol=0, atol=1e-5 * lam[-1])
+  assert np.all(quick.residuals <= 1e-4 * lam[-1])
+  with pytest.raises(ValueError, match="quick_compile is 'yes'; allowed: True or False"):
+    eigen.top_eigenpairs(mv, params, 1, key, num_iters=5, quick_compile="yes")
 
 
-def test_no_tier_off_the_cpu():
-  """Leaves on an accelerator or split over devices get the default program, no quick compile."""
+def test_no_quick_program_off_the_cpu():
+  """Leaves on an accelerator or split over devices keep the default program."""
   leaf = lambda *platforms: types.SimpleNamespace(sharding=types.SimpleNamespace(
       device_set=tuple(types.SimpleNamespace(platform=p, id=i) for i, p in enumerate(platforms))))
   assert not ops._on_cpu([leaf("gpu")])

@@ -28,6 +28,8 @@ def command(workdir: str, *extra: str) -> list[str]:
 
 def env(fault: str | None = None) -> dict:
   out = dict(os.environ, JAX_PLATFORMS="cpu")
+  if "JAXLAB_TEST_KILL_CACHE_DIR" in out:  # the session's cache for runs that get killed
+    out["JAX_COMPILATION_CACHE_DIR"] = out["JAXLAB_TEST_KILL_CACHE_DIR"]  # (tests/conftest.py)
   out.pop("JAXLAB_FAULT", None)
   if fault:
     out["JAXLAB_FAULT"] = fault

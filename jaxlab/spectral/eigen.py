@@ -102,11 +102,14 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
   data-set operator the k products are k more passes over the data. With
   ``tol``, one host synchronization per step. First call (compile included) of
   ``k=1, num_iters=20`` on the benchmark's 99k-parameter MLP, 2-core CPU:
-  1.0–1.1 s of process CPU time on the host path (the default there; one
-  compile, the product's), 2.4 s on the device path (``host=False``: five more
-  compiled pieces); PyHessian's power iteration to the same accuracy took
-  0.15–0.17 s CPU with one torch thread, so a cold call is still about 7x
-  PyHessian's (first-call rows of benchmarks/RESULTS.md, measured at load ~20).
+  0.87–0.90 s of process CPU time on the host path at load 5–7 (the default
+  there; one compile, the product's), 2.4 s on the device path (``host=False``:
+  five more compiled pieces, load ~17); with ``tol=1e-3, quick_compile=True`` as
+  the first probe of a fresh process, 0.50–0.53 s. PyHessian's power iteration to
+  the same accuracy (one torch thread) took 0.12–0.14 s CPU warm and 0.38–0.41 s
+  as the first probe of a fresh process, so a cold call is still 1.3x
+  (cold vs cold, the fastest options) to 7x (default options against warm
+  PyHessian) slower (first-call rows of benchmarks/RESULTS.md).
 
   Mixed precision: with ``hessian_vp(..., compute_dtype="bfloat16")`` (or a
   model that computes in bfloat16) only the products are bfloat16; Lanczos

@@ -29,8 +29,9 @@ both. Every number is compared at equal accuracy against a reference:
     wall and process CPU time, load average before and after; --first-call-host picks
     top_eigenpairs' host argument (default auto: the NumPy host path on CPU); then cold vs
     cold (full config, 3 rounds): each probe the first in a fresh process, the model set up
-    outside the clock: ours as is, with tol=1e-3, with tol and quick_compile=True, and
-    PyHessian at tol 1e-3 and 1e-4 on one torch thread (its first autograd pass included);
+    outside the clock: ours as is, with tol=1e-3, with tol and quick_compile=True, with
+    those and tol_kind="eigenvalue", the same with the int seed key=0, and PyHessian at
+    tol 1e-3 and 1e-4 on one torch thread (its first autograd pass included);
   * CNN: 20 Lanczos steps on SmallCNN (Conv-BatchNorm-ReLU x2, eval mode at fixed
     batch statistics) on 256 sklearn digits, per call after compile: one batch,
     [batch], 4 batches of 64, a user's own HVP as a plain ``Partial`` and
@@ -607,8 +608,9 @@ def bench_first_call(cfg, skip_peer, host=None):
   return out
 
 
-COLD_PROBES = ("jaxlab", "jaxlab_tol", "jaxlab_tol_quick", "pyhessian_tol1e-3",
-               "pyhessian_tol1e-4")
+COLD_PROBES = ("jaxlab", "jaxlab_tol", "jaxlab_tol_quick", "jaxlab_eig_quick",
+               "jaxlab_eig_quick_seed", "pyhessian_tol1e-3", "pyhessian_tol1e-4")
+JAXLAB_PROBES = 5  # the first five are ours
 
 
 def cold_vs_cold(cfg, params, batch, lam, skip_peer):
@@ -617,14 +619,17 @@ def cold_vs_cold(cfg, params, batch, lam, skip_peer):
   In the process, the model is set up outside the clock (params and batch loaded from a file
   and placed; for PyHessian the torch module built, no forward pass), then one probe is
   timed, wall and process CPU: ours ``top_eigenpairs(k=1, num_iters=first_iters)`` as is,
-  with ``tol=first_tol``, and with ``tol`` and ``quick_compile=True`` (XLA's first compile
-  in the process included); PyHessian's ``eigenvalues(tol)`` at tol 1e-3 and 1e-4 on one
-  torch thread (torch's first autograd pass included).
+  with ``tol=first_tol``, with ``tol`` and ``quick_compile=True``, with those and
+  ``tol_kind="eigenvalue"`` (``_eig_quick``), and the same with the int seed ``key=0``
+  instead of ``jax.random.key(0)`` (``_eig_quick_seed``: the same start vector, without
+  the key's seeding compile); XLA's first compile in the process, and the key's creation,
+  included; PyHessian's ``eigenvalues(tol)`` at tol 1e-3 and 1e-4 on one torch thread
+  (torch's first autograd pass included).
   """
   import subprocess
   import tempfile
 
-  probes = COLD_PROBES[:3] if skip_peer else COLD_PROBES
+  probes = COLD_PROBES[:JAXLAB_PROBES] if skip_peer else COLD_PROBES
   runs = []
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "first_call.npz")
@@ -664,9 +669,10 @@ def cold_probe(which, path):
   if which.startswith("jaxlab"):
     t0, c0 = time.perf_counter(), time.process_time()
     pairs = top_eigenpairs(ops.hessian_vp(loss_fn, params, batch), params, k=1,
-                           key=jax.random.key(0), num_iters=m,
-                           tol=None if which == "jaxlab" else tol,
-                           quick_compile=which == "jaxlab_tol_quick")
+                           key=0 if which.endswith("_seed") else jax.random.key(0),
+                           num_iters=m, tol=None if which == "jaxlab" else tol,
+                           quick_compile=which.endswith(("_quick", "_quick_seed")),
+                           tol_kind="eigenvalue" if "_eig" in which else "residual")
     lam = float(pairs.eigenvalues[0])
     row.update(num_iters=pairs.num_iters)
   else:

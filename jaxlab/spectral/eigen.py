@@ -61,7 +61,7 @@ def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:
   return np.argsort(-np.abs(theta), kind="stable")[:k]
 
 
-def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
+def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array | int,
                    num_iters: int | None = None, which: str = "largest",
                    reorthogonalize: bool = True, dtype: Any = None,
                    tol: float | None = None, host: bool | None = None,
@@ -143,7 +143,11 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     matvec: symmetric linear map ``pytree -> pytree`` (e.g. :func:`hessian_vp`).
     params_like: pytree shaped like the matvec's input.
     k: number of eigenpairs, ``1 <= k <= num_iters``.
-    key: PRNG key whose bits seed the Lanczos start vector.
+    key: PRNG key whose bits seed the Lanczos start vector, or an int seed
+      ``0 <= s < 2**32``, which gives the start vector of ``jax.random.key(s)``
+      (JAX's default threefry implementation) without compiling its seeding
+      program (0.045 s CPU on a first call; see
+      :func:`jaxlab.spectral.lanczos_host.key_words`).
     num_iters: Lanczos steps; default ``min(n, max(2k + 30, 60))``.
     which: ``"largest"`` (algebraic), ``"smallest"`` (algebraic) or
       ``"magnitude"`` (largest |λ|).
@@ -207,6 +211,7 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array,
     raise ValueError(f"tol_kind is {tol_kind!r} but tol is None; allowed: a tol (a finite "
                      "float > 0) with it, or tol_kind='residual'.")
   dt = resolve_dtype(params_like, dtype)
+  key = lanczos_host.key_words(key)
   k = int(k)
   use_host = lanczos_host.choose_host(host, params_like, n, m)
   mv = tree_product(matvec) if use_host else matvec

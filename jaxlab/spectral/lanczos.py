@@ -503,7 +503,7 @@ def run_lanczos(matvec, spec: ops.FlatSpec, key, num_iters: int, reorth: bool, d
   return V, c, num_iters
 
 
-def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
+def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array | int,
             reorthogonalize: bool = True, dtype: Any = None, return_basis: bool = False,
             v0: Any = None, host: bool | None = None) -> LanczosResult:
   """Lanczos tridiagonalization ``Vᵀ A V = T`` of a symmetric operator on pytrees.
@@ -567,7 +567,9 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
     matvec: symmetric linear map ``pytree -> pytree`` (e.g. :func:`hessian_vp`).
     params_like: pytree with the structure, shapes and dtypes of ``matvec``'s input.
     num_iters: m, the number of Lanczos steps (= matvecs), ``1 <= m <= n``.
-    key: PRNG key whose bits seed the starting vector (and restarts).
+    key: PRNG key whose bits seed the starting vector (and restarts), or an int
+      seed ``0 <= s < 2**32`` read as ``jax.random.key(s)`` without compiling
+      (:func:`jaxlab.spectral.lanczos_host.key_words`).
     reorthogonalize: full reorthogonalization (default True).
     dtype: working precision of the recurrence and basis: ``jnp.float64`` runs
       inside a ``jax.enable_x64`` scope (the caller's global flag is untouched);
@@ -607,6 +609,7 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
   dt = resolve_dtype(params_like, dtype)
   if v0 is not None:
     ops.check_like(v0, spec, "v0")
+  key = lanczos_host.key_words(key)
   if lanczos_host.choose_host(host, params_like, spec.size, m):
     V, c, _ = lanczos_host.run(tree_product(matvec), spec, key, m, bool(reorthogonalize), dt,
                                v0=v0)

@@ -123,12 +123,15 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array | 
   ``k=1, num_iters=20`` on the benchmark's 99k-parameter MLP, 2-core CPU:
   0.87–0.90 s of process CPU time on the host path at load 5–7 (the default
   there; one compile, the product's), 2.4 s on the device path (``host=False``:
-  five more compiled pieces, load ~17); with ``tol=1e-3, quick_compile=True`` as
-  the first probe of a fresh process, 0.50–0.53 s. PyHessian's power iteration to
-  the same accuracy (one torch thread) took 0.12–0.14 s CPU warm and 0.38–0.41 s
-  as the first probe of a fresh process, so a cold call is still 1.3x
-  (cold vs cold, the fastest options) to 7x (default options against warm
-  PyHessian) slower (first-call rows of benchmarks/RESULTS.md).
+  five more compiled pieces, load ~17); as the first probe of a fresh process
+  with ``tol=1e-3, quick_compile=True``, 0.50–0.56 s (15 steps), adding
+  ``tol_kind="eigenvalue"`` 0.45–0.49 s (12 steps, rel err 1.4e-4) and with an
+  int seed ``key=0`` 0.41–0.44 s (load 5–11). PyHessian's power iteration to the
+  same accuracy (one torch thread, tol 1e-4, rel err 2.6e-4) took 0.13 s CPU
+  warm and 0.39–0.41 s as the first probe of a fresh process, so a cold call is
+  still ~1.06x (median; cold vs cold, the fastest options) to 7x (default
+  options against warm PyHessian) slower (first-call rows of
+  benchmarks/RESULTS.md).
 
   Mixed precision: with ``hessian_vp(..., compute_dtype="bfloat16")`` (or a
   model that computes in bfloat16) only the products are bfloat16; Lanczos

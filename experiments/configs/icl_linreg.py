@@ -68,13 +68,15 @@ Runtime and expected results:
     averaging, layer -> Newton 0, 0, 3, 8, 12, 13, 13; noisy 0.023 vs 0.37;
     ill-conditioned GD 128 vs Newton 14; 572 s CPU, 663 s wall at load 4-6), but
     seed 2 stays on the plateau (0.45, 1.5x averaging, training loss 2.6 after
-    9,000 steps; 572 s CPU): a new width draws new inits, and which seeds stick
-    moves with them. Noiseless arm alone at width 32, max error / d at step
-    2,000 of a 9,000-step schedule: seed 0 0.48, seed 1 0.22 (8,000-step
-    schedule), seed 3 0.19, seed 4 0.71; on seed 2's init batch 128 gives 0.67
-    and 15 points 0.68 at step 2,000 (still on the plateau), peak rate 1e-3 with
-    500 warmup steps leaves it slowly: 0.27 at step 3,000, 0.136 at 9,000 (bar
-    0.1). No setting was found that passes on seeds 0-4.
+    9,000 steps; 572 s CPU) and seed 0 leaves it too late (0.27, 3.5x; layer ->
+    Newton 0, 0, 1, 4, 6, 7, 7; ill-conditioned GD 8 vs Newton 7; 562 s CPU):
+    a new width draws new inits, and which seeds stick moves with them.
+    Noiseless arm alone at width 32, max error / d at step 2,000 of a
+    9,000-step schedule: seed 0 0.48, seed 1 0.22 (8,000-step schedule), seed 3
+    0.19, seed 4 0.71; on seed 2's init batch 128 gives 0.67 and 15 points 0.68
+    (still on the plateau). Peak rate 1e-3 with 500 warmup steps: seeds 0-4
+    0.58, 0.21, 0.35, 0.22, 0.47 at step 2,000; seed 2 run on to 9,000 steps
+    ends at 0.136 (bar 0.1). No setting was found that passes on seeds 0-4.
     bfloat16 (`--config.model.compute_dtype=bfloat16`, float32 master weights),
     seed 0, the same bar: noiseless max error / d 0.052, 18.0x below averaging,
     closer to least squares than 3-NN, layer -> Newton 0, 0, 3, 8, 11, 13, 13;

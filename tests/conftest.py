@@ -7,45 +7,58 @@ import tempfile
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-# One persistent XLA compilation cache per test session, shared by the xdist workers and every
-# subprocess they start (through the environment): the suite compiles the same small programs in
-# many processes (each kill-and-resume run, each study run), and a cache hit returns the same
-# executable, so results are unchanged. The first process (the xdist controller, or a plain
-# pytest) makes the folder and removes it at exit; a folder set by the user is left alone.
-# `max_size` turns on jax's file lock around every read and write of an entry, so two processes
-# never see each other's half-written entry. Tests that SIGKILL a process at random instants
-# point it at JAXLAB_TEST_KILL_CACHE_DIR instead (tests/train/faults_common.py): a kill during a
-# write can leave a truncated entry, which jax only warns about and recompiles, but that warning
-# must not reach the stderr another test reads.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "JAXLAB_TEST_NO_XLA_CACHE" not in os.environ:
-  _cache = tempfile.mkdtemp(prefix="jaxlab-test-xla-cache-")
-  atexit.register(shutil.rmtree, _cache, True)
-  os.environ.update(JAX_COMPILATION_CACHE_DIR=os.path.join(_cache, "shared"),
-                    JAXLAB_TEST_KILL_CACHE_DIR=os.path.join(_cache, "kills"),
-                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-                    JAX_COMPILATION_CACHE_MAX_SIZE=str(4 << 30))
+# Subprocesses started by the tests (study runs, kill-and-resume runs, notebooks' kernels)
+# share a persistent XLA compilation cache: they compile the same small programs again and
+# again, and a cache hit returns the same executable, so results are unchanged. The test
+# processes themselves do not use it (their own in-memory caches already serve repeated
+# programs). One folder per xdist worker: the subprocesses of one worker run one after another,
+# so no two processes write or read one folder at once (jax writes an entry in place, and a
+# half-written entry read by another process is a warning on that process's stderr, which some
+# tests read). Tests that SIGKILL a process at random instants point it at
+# JAXLAB_TEST_KILL_CACHE_DIR instead (tests/train/faults_common.py): a kill during a write can
+# leave a truncated entry. The first process (the xdist controller, or a plain pytest) makes the
+# folder and removes it at exit; a cache folder set by the user is used as is.
+_CHILD_VARS = ("JAX_COMPILATION_CACHE_DIR", "JAXLAB_TEST_KILL_CACHE_DIR",
+               "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES")
+if "JAXLAB_TEST_XLA_CACHE_ROOT" in os.environ:  # an xdist worker: the controller made the folder
+  _OWN_CACHE = True
+  for _var in _CHILD_VARS:  # the controller's own settings for its children, not for this one
+    os.environ.pop(_var, None)
+else:
+  _OWN_CACHE = ("JAX_COMPILATION_CACHE_DIR" not in os.environ
+                and "JAXLAB_TEST_NO_XLA_CACHE" not in os.environ)
+  if _OWN_CACHE:
+    os.environ["JAXLAB_TEST_XLA_CACHE_ROOT"] = tempfile.mkdtemp(prefix="jaxlab-test-xla-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAXLAB_TEST_XLA_CACHE_ROOT"], True)
 
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-if "JAXLAB_TEST_KILL_CACHE_DIR" in os.environ:  # in case jax was imported before this file
-  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  jax.config.update("jax_compilation_cache_max_size", 4 << 30)
 import pytest  # noqa: E402
 
 
 @pytest.fixture
 def compiles():
-  """A list that receives one entry per XLA backend compile from now on (a program served by
-  the session's persistent compilation cache counts too: jax times both as one event)."""
+  """A list that receives one entry per XLA backend compile from now on."""
   events = []
   jax.monitoring.register_event_duration_secs_listener(
       lambda name, *a, **k: events.append(name)
       if name == "/jax/core/compile/backend_compile_duration" else None)
   return events
+
+
+def pytest_configure(config):
+  """Points the subprocesses of this test process at its folder of the shared cache (above)."""
+  if not _OWN_CACHE:
+    return
+  root = os.environ["JAXLAB_TEST_XLA_CACHE_ROOT"]
+  worker = getattr(config, "workerinput", {}).get("workerid", "main")
+  # Set after jax's import, so this process keeps the cache off; its children read them.
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=os.path.join(root, worker),
+                    JAXLAB_TEST_KILL_CACHE_DIR=os.path.join(root, f"{worker}-kills"),
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 def pytest_addoption(parser):

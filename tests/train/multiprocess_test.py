@@ -73,9 +73,6 @@ def _launch(spec: dict, tmp, name: str, num_processes: int, devices: int) -> lis
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   env.pop("JAXLAB_FAULT", None)
-  # No cache size limit (the test session's conftest sets one): with a limit jax takes a file
-  # lock in the cache folder, a write of process 1's that the check on its writes would see.
-  env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
   procs = []
   port = _free_port()
   for i in range(num_processes):

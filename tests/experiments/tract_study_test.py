@@ -83,9 +83,9 @@ def test_steps_to_target_smooths_over_the_window():
 @pytest.mark.repro
 def test_tract_quick_repro(tmp_path, repro_seed):
   """TrAct's speed-up on low-contrast inputs (Petersen et al. 2024), MLP on MNIST-1D, SGD
-  momentum and Adam. Pass rate: run as this pytest on --repro-seed 0, 1, 2, all pass
-  (469 / 927 / 769 s wall at load ~20; the quick study alone is 204 s CPU); 3 and 4 not run
-  as the test (a 5-seed run of the same study put every seed's speed-up at >= x1.33)."""
+  momentum and Adam. Pass rate: run as this pytest on --repro-seed 0-4, all pass (5/5):
+  0, 1, 2 at 469 / 927 / 769 s wall at load ~20; 3, 4 at 144 / 126 s wall (205 / 201 s CPU)
+  on the idle machine."""
   summary = run.run(CFG + ":quick", str(tmp_path), {"seed": repro_seed})
   g = summary["groups"]
   for opt in ("momentum", "adam"):

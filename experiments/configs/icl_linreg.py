@@ -52,7 +52,8 @@ Runtime and expected results:
     Seed 1 does not reproduce: its noiseless model stays on the loss plateau
     (training loss 3-4 after 4,500 steps vs 1.5 for seed 0; error / d 0.55-0.66
     for n >= 6, 0.89x averaging); the quick setting is not seed-robust. Seed 2:
-    see below; seeds 3-4 not measured at this setting. Tried on seed 1's
+    see below; seed 3 fails (error / d 0.121, 8.1x
+    below averaging) and seed 4 passes (10.9x): 2 of seeds 0-4 pass. Tried on seed 1's
     noiseless arm alone (its init, 4,500 steps; max error / d over n >= 6 on
     512 fresh prompts): Garg et al.'s
     curriculum scaled to d = 5 (dims 2 -> 5 by 1, points 5 -> 11 by 2) every

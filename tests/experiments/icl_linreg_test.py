@@ -100,7 +100,7 @@ def test_quick_reproduces_every_arm(tmp_path, repro_seed, compute_dtype):
   seed 0; error / d 0.55-0.66 for n ≥ d + 1, 0.89× averaging; layer → Newton 0, 0, 0, 1, 1,
   1, 1), so the quick setting is not seed-robust. Seed 2 (run as this pytest, 294 s wall,
   idle) FAILS narrowly: it leaves the plateau (max error / d 0.098, bar 0.1; layer → Newton
-  0, 0, 3, 8, 11, 11, 11) but is 9.6× below averaging (bar 10×). Seeds 3-4 not measured. Each seed is 8.1-8.3
+  0, 0, 3, 8, 11, 11, 11) but is 9.6× below averaging (bar 10×). Seed 3 (this pytest, 288 s wall, idle) FAILS: max error / d 0.121 (bar 0.1), 8.1× below averaging; seed 4 (301 s wall, idle) passes at 10.9× below averaging (bar 10×). Pass rate over seeds 0-4: 2/5 (0 and 4). Each seed is 8.1-8.3
   min of CPU. The quick config: 4,500 + 750 + 750 steps.
   Garg et al.'s curriculum scaled to d = 5 did not take seed 1 off the plateau either (error / d
   0.37-0.51, noiseless arm alone; see the config docstring), so the config has none.

@@ -36,14 +36,6 @@ class HostCarry(NamedTuple):
   betas: np.ndarray  # (num_iters,): betas[j] = β_{j+1}, 0 marks a breakdown (restart)
 
 
-def _on_one_cpu_device(leaf: Any) -> bool:
-  sharding = getattr(leaf, "sharding", None)
-  if sharding is None:  # a NumPy array or a ShapeDtypeStruct without placement
-    return jax.default_backend() == "cpu"
-  devices = sharding.device_set
-  return len(devices) == 1 and next(iter(devices)).platform == "cpu"
-
-
 def choose_host(host: Any, params_like: Any, n: int, num_iters: int) -> bool:
   """Whether the Lanczos algebra runs in NumPy (True) or in jitted steps (False).
 
@@ -66,7 +58,7 @@ def choose_host(host: Any, params_like: Any, n: int, num_iters: int) -> bool:
     return host
   if (int(num_iters) + 1) * int(n) * 8 >= HOST_BASIS_BYTES:
     return False
-  return all(_on_one_cpu_device(x) for x in jax.tree_util.tree_leaves(params_like))
+  return all(ops.on_one_cpu_device(x) for x in jax.tree_util.tree_leaves(params_like))
 
 
 # ---------------------------------------------------------------------------

@@ -556,18 +556,14 @@ _QUICK_CACHE = 256  # signatures whose quick executable is kept (least recently 
 _quick: collections.OrderedDict = collections.OrderedDict()
 
 
-def _on_cpu(leaves: list) -> bool:
-  """Every leaf on one CPU device (NumPy and Python leaves: JAX's default backend is the CPU)."""
-  for x in leaves:
-    sharding = getattr(x, "sharding", None)
-    if sharding is None:
-      if jax.default_backend() != "cpu":
-        return False
-      continue
-    devices = sharding.device_set
-    if len(devices) != 1 or next(iter(devices)).platform != "cpu":
-      return False
-  return True
+def on_one_cpu_device(leaf: Any) -> bool:
+  """Whether ``leaf`` lies on one CPU device (a NumPy array or a ShapeDtypeStruct without
+  placement: whether JAX's default backend is the CPU)."""
+  sharding = getattr(leaf, "sharding", None)
+  if sharding is None:
+    return jax.default_backend() == "cpu"
+  devices = sharding.device_set
+  return len(devices) == 1 and next(iter(devices)).platform == "cpu"
 
 
 def quick_call(product: Callable, args: tuple) -> PyTree:
@@ -588,7 +584,7 @@ def quick_call(product: Callable, args: tuple) -> PyTree:
     return product(*args)
   if compiled is None:
     compiled = False
-    if _on_cpu(leaves):
+    if all(on_one_cpu_device(x) for x in leaves):
       compiled = product.trace(*args).lower().compile(compiler_options=QUICK_CPU_OPTIONS)
     _quick[sig] = compiled
     if len(_quick) > _QUICK_CACHE:

@@ -79,6 +79,6 @@ def test_no_quick_program_off_the_cpu():
   """Leaves on an accelerator or split over devices keep the default program."""
   leaf = lambda *platforms: types.SimpleNamespace(sharding=types.SimpleNamespace(
       device_set=tuple(types.SimpleNamespace(platform=p, id=i) for i, p in enumerate(platforms))))
-  assert not ops._on_cpu([leaf("gpu")])
-  assert not ops._on_cpu([leaf("cpu", "cpu")])
-  assert ops._on_cpu([leaf("cpu")])
+  assert not ops.on_one_cpu_device(leaf("gpu"))
+  assert not ops.on_one_cpu_device(leaf("cpu", "cpu"))
+  assert ops.on_one_cpu_device(leaf("cpu"))

@@ -610,7 +610,6 @@ def bench_first_call(cfg, skip_peer, host=None):
 
 COLD_PROBES = ("jaxlab", "jaxlab_tol", "jaxlab_tol_quick", "jaxlab_eig_quick",
                "jaxlab_eig_quick_seed", "pyhessian_tol1e-3", "pyhessian_tol1e-4")
-JAXLAB_PROBES = 5  # the first five are ours
 
 
 def cold_vs_cold(cfg, params, batch, lam, skip_peer):
@@ -629,7 +628,7 @@ def cold_vs_cold(cfg, params, batch, lam, skip_peer):
   import subprocess
   import tempfile
 
-  probes = COLD_PROBES[:JAXLAB_PROBES] if skip_peer else COLD_PROBES
+  probes = [p for p in COLD_PROBES if not (skip_peer and p.startswith("pyhessian"))]
   runs = []
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "first_call.npz")

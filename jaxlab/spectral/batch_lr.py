@@ -236,9 +236,10 @@ def scaling_exponent(batch_sizes: Any, learning_rates: Any) -> Exponent:
   return Exponent(float(slope), stderr, float(intercept))
 
 
-def top_eigenvalue(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array,
+def top_eigenvalue(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array | int,
                    dtype: Any = None) -> float:
-  """The largest Ritz value of ``num_iters`` Lanczos steps (the top SLQ node)."""
+  """The largest Ritz value of ``num_iters`` Lanczos steps (the top SLQ node); ``key`` as in
+  :func:`~jaxlab.spectral.lanczos.lanczos` (a PRNG key or an int seed)."""
   m = min(int(num_iters), ops.flat_spec(params_like).size)
   res = lanczos(matvec, params_like, m, key, dtype=dtype)
   return float(np.linalg.eigvalsh(tridiagonal(res.alphas, res.betas))[-1])

@@ -29,7 +29,7 @@ class SpectralDensity(NamedTuple):
 
 
 def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_draws: int,
-                     key: jax.Array, dtype: Any = None,
+                     key: jax.Array | int, dtype: Any = None,
                      reorthogonalize: bool = True, host: bool | None = None) -> SpectralDensity:
   """Eigenvalue density of a symmetric operator by stochastic Lanczos quadrature.
 
@@ -59,7 +59,11 @@ def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_dra
     params_like: pytree shaped like the matvec's input.
     num_iters: Lanczos steps per draw, ``1 <= num_iters <= n``.
     num_draws: independent starting vectors, ``>= 1``.
-    key: PRNG key.
+    key: PRNG key whose bits seed the draws' start vectors, or an int seed
+      ``0 <= s < 2**32``, which gives the draws of ``jax.random.key(s)`` bit for bit
+      without compiling its seeding program (as in
+      :func:`~jaxlab.spectral.eigen.top_eigenpairs`; see
+      :func:`jaxlab.spectral.lanczos_host.key_words`).
     dtype: Lanczos working dtype (``jnp.float64`` in an x64 scope).
     reorthogonalize: full reorthogonalization (default True; without it ghost
       nodes take weight from the true ones).
@@ -72,7 +76,8 @@ def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_dra
     ``(num_draws, num_iters)``.
 
   Raises:
-    ValueError: ``num_iters`` outside ``[1, n]`` or ``num_draws < 1``.
+    ValueError: ``num_iters`` outside ``[1, n]``, ``num_draws < 1``, or ``key`` neither a
+      PRNG key nor an int in ``[0, 2**32)`` (a bool or a float included).
 
   Example:
     >>> dens = spectral_density(mv, params, num_iters=80, num_draws=4, key=key)
@@ -88,6 +93,7 @@ def spectral_density(matvec: Callable, params_like: Any, num_iters: int, num_dra
   m = check_iters(num_iters, spec.size)
   if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) or num_draws < 1:
     raise ValueError(f"num_draws is {num_draws!r}; allowed: an int >= 1.")
+  key = lanczos_host.key_words(key)
   dt = resolve_dtype(params_like, dtype)
   layout = ops.layout_of(params_like, "params_like")
   kw = {} if layout is None else {"layout": layout}  # the single-device path as before

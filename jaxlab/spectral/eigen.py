@@ -182,7 +182,9 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array | 
   Raises:
     ValueError: ``k <= 0``, ``k > num_iters``, ``num_iters`` above the dimension,
       an unknown ``which``, ``tol`` not a finite float > 0, ``quick_compile`` not a bool,
-      or ``tol_kind`` not one of ``"residual"``, ``"eigenvalue"`` (or set without ``tol``).
+      ``tol_kind`` not one of ``"residual"``, ``"eigenvalue"`` (or set without ``tol``),
+      or ``key`` neither a PRNG key nor an int in ``[0, 2**32)`` (a bool or a float
+      included).
 
   Example:
     >>> mv = hessian_vp(loss_fn, params, batch)

@@ -591,8 +591,9 @@ def lanczos(matvec: Callable, params_like: Any, num_iters: int, key: jax.Array |
     :class:`LanczosResult` ``(alphas, betas, basis)``.
 
   Raises:
-    ValueError: ``num_iters`` outside ``[1, n]``, a bad ``dtype``, or ``v0`` not
-      shaped like ``params_like``.
+    ValueError: ``num_iters`` outside ``[1, n]``, a bad ``dtype``, ``v0`` not
+      shaped like ``params_like``, or ``key`` neither a PRNG key nor an int in
+      ``[0, 2**32)`` (a bool or a float included).
 
   Example:
     >>> res = lanczos(hessian_vp(loss_fn, params, batch), params, 50, key, dtype=jnp.float64)

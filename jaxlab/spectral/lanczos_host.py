@@ -84,14 +84,27 @@ def key_words(key: Any, name: str = "key") -> Any:
   compiles its seeding program on first use (0.045 s of CPU time on a 2-core
   CPU, a tenth of a quick cold ``top_eigenpairs``). Both Lanczos paths read a
   key only through its words, so an int seed and ``jax.random.key(s)`` give the
-  same start vector, bit for bit.
+  same start vector, bit for bit; :func:`~jaxlab.spectral.trace.trace` hands the
+  words to ``jax.random`` as a raw (``jax.random.PRNGKey``-style) key, whose
+  draws are those of the typed key with the same words.
+
+  Anything else raises ValueError naming ``name``, before anything compiles:
+  a bool, a float, a negative or too large int, an array that is neither a
+  typed PRNG key nor the uint32 words of a raw one (a 0-d int array included:
+  its words would not be those of ``key(s)``), or no array at all.
   """
-  if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
+  ok = "a PRNG key (jax.random.key(s), or the uint32 words of jax.random.PRNGKey(s)) or an " \
+      "int seed 0 <= s < 2**32"
+  if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+    if not 0 <= int(key) < 2 ** 32:
+      raise ValueError(f"{name} is {key!r}; allowed: {ok}.")
+    return np.array([0, int(key)], np.uint32)
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
     return key
-  if not 0 <= int(key) < 2 ** 32:
-    raise ValueError(f"{name} is {key!r}; allowed: a PRNG key (jax.random.key(s)) or an int "
-                     "seed 0 <= s < 2**32.")
-  return np.array([0, int(key)], np.uint32)
+  if dtype is None or np.dtype(dtype) != np.uint32 or np.ndim(key) < 1:
+    raise ValueError(f"{name} is {key!r}; allowed: {ok}.")
+  return key
 
 
 def _key_seed(key: Any, salt: int) -> np.ndarray:

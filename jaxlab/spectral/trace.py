@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlab.spectral import lanczos_host
 from jaxlab.spectral import operators as ops
 from jaxlab.spectral.lanczos import apply_rows, as_partial, flat_apply, resolve_dtype
 
@@ -141,7 +142,7 @@ class _Runner:
     return np.asarray(jnp.concatenate(out), np.float64)
 
 
-def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
+def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array | int,
           method: str = "hutch++", dtype: Any = None, block_size: int = 1) -> TraceEstimate:
   """Trace of a symmetric operator from ``num_samples`` matvecs, with a standard error.
 
@@ -177,7 +178,10 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
     matvec: symmetric linear map ``pytree -> pytree`` (e.g. :func:`hessian_vp`).
     params_like: pytree shaped like the matvec's input.
     num_samples: total matvecs m: ``>= 2`` for Hutchinson, ``>= 6`` for Hutch++.
-    key: PRNG key.
+    key: PRNG key, or an int seed ``0 <= s < 2**32``, which draws the probes of
+      ``jax.random.key(s)`` bit for bit without compiling its seeding program (as in
+      :func:`~jaxlab.spectral.eigen.top_eigenpairs`; the key's words go to
+      ``jax.random`` as a raw key, see :func:`jaxlab.spectral.lanczos_host.key_words`).
     method: ``"hutch++"`` (default) or ``"hutchinson"``.
     dtype: working dtype of the probe vectors (``jnp.float64`` in an x64 scope).
     block_size: probes per jitted call (default 1); a block holds ``block_size``
@@ -188,8 +192,9 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
     :class:`TraceEstimate` ``(estimate, stderr, num_matvecs, samples)``.
 
   Raises:
-    ValueError: unknown ``method``, ``num_samples`` out of range, or ``block_size`` not
-      a positive int.
+    ValueError: unknown ``method``, ``num_samples`` out of range, ``block_size`` not
+      a positive int, or ``key`` neither a PRNG key nor an int in ``[0, 2**32)`` (a bool
+      or a float included).
 
   Example:
     >>> est = trace(hessian_vp(loss_fn, params, batch), params, 60, jax.random.key(0))
@@ -214,6 +219,7 @@ def trace(matvec: Callable, params_like: Any, num_samples: int, key: jax.Array,
     raise ValueError(f"num_samples is {m}; hutch++ needs num_samples // 3 <= dimension ({n}).")
   if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
     raise ValueError(f"block_size is {block_size!r}; allowed: an int >= 1.")
+  key = lanczos_host.key_words(key)
   with ops.x64_scope(dt):
     run = _Runner(matvec, spec, dt, int(block_size), ops.layout_of(params_like, "params_like"))
     if method == "hutchinson":

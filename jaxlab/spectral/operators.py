@@ -570,8 +570,11 @@ def quick_call(product: Callable, args: tuple) -> PyTree:
   """``product(*args)`` (a module-level jitted product) through its quick-to-compile program.
 
   On one CPU device the product is compiled with :data:`QUICK_CPU_OPTIONS`, once per
-  signature (the args' pytree structure, shapes and dtypes; the trace and lowering are
-  shared with the default program), and that executable is used. The two programs compute
+  signature (the args' pytree structure, shapes and dtypes), and that executable is used.
+  The trace and lowering are shared with the default program through jit's caches:
+  whichever of the two programs runs second for a signature costs only its backend
+  compile (counted with jax's trace/lowering/compile events, either order, in
+  tests/spectral/spectral_quick_tier_test.py). The two programs compute
   the same product and round differently (about 3e-7 relative on the 99k MLP in float32);
   which one runs depends only on the caller's choice, never on what was compiled before.
   Elsewhere (accelerators, several devices) it is ``product(*args)``.

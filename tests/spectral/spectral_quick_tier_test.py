@@ -57,6 +57,42 @@ def test_quick_product_matches_the_dense_hessian(fresh_cache, compiles):
   np.testing.assert_allclose(sm.flat(quick), sm.flat(op(v)), rtol=0, atol=1e-6 * scale)
 
 
+_PHASES = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+           "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+           "/jax/core/compile/backend_compile_duration": "compile"}
+
+
+@functools.cache
+def _phases() -> collections.Counter:
+  """Counts of jax's trace / lowering / backend-compile events from the first call on."""
+  seen = collections.Counter()
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *a, **k: seen.update([_PHASES[name]]) if name in _PHASES else None)
+  return seen
+
+
+@cpu_only
+@pytest.mark.parametrize("quick_first", [True, False])
+def test_quick_program_shares_trace_and_lowering(fresh_cache, quick_first):
+  """quick_call's docstring: the quick and default programs of one signature come from one
+  trace and one lowering (jit's caches); whichever runs second costs only a backend compile."""
+  params, batch, _ = _problem()
+  traced = []
+
+  def loss(p, b):  # a new function: a signature nothing has traced yet
+    traced.append(1)
+    return sm.mlp_loss(p, b)
+
+  op = ops.hessian_vp(loss, params, batch)
+  v = jax.block_until_ready(jax.tree.map(lambda a: a + 1, params))
+  seen = _phases()
+  seen.clear()
+  for quick in (quick_first, not quick_first, quick_first, not quick_first):
+    jax.block_until_ready(op.quick(v) if quick else op(v))
+  assert len(fresh_cache) == 1 and len(traced) == 1
+  assert dict(seen) == {"trace": 1, "lower": 1, "compile": 2}, dict(seen)
+
+
 @cpu_only
 def test_top_eigenpairs_quick_compile(fresh_cache):
   """The host path's m steps and k residual products all go through the quick program."""

@@ -236,27 +236,75 @@ def main(config, workdir: str) -> dict:
 
 
 def plot_error_curves(evals: dict, workdir: str) -> None:
-  fig, axes = plt.subplots(1, len(evals), figsize=(4.5 * len(evals), 3.6), squeeze=False)
+  """Error/d of the transformer and the baselines vs n, one panel per arm, one legend.
+
+  Log y axis floored at 1e-4 (exact least squares, ~1e-12, is drawn on the floor) so
+  that errors of a few 1e-2 stay apart from it; dotted line at n = d, where least
+  squares becomes exact on noiseless prompts (needs the workdir's config.json).
+  """
+  floor = 1e-4
+  cfg_path = os.path.join(workdir, "config.json")
+  task = io.read_json(cfg_path)["task"] if os.path.exists(cfg_path) else {}
+  titles = {"noiseless": "noiseless",
+            "noisy": f"noisy (σ = {task['noise_std']:g})" if task else "noisy",
+            "ill_conditioned": (f"ill-conditioned (κ = {task['condition_number']:g})"
+                                if task else "ill-conditioned")}
+  style = {"model": ("transformer", "C0", "o-", 2.5),  # (label, colour, format, width)
+           "least_squares": ("least squares", "C1", "-", 1.5),
+           "ridge": ("ridge (λ = σ²)", "C4", "--", 1.5),
+           "averaging": ("averaging", "C2", "-", 1.2)}
+  fig, axes = plt.subplots(1, len(evals), figsize=(4.2 * len(evals), 3.6), squeeze=False,
+                           sharey=True)
+  handles = {}
+  top = 2 * max(max(err) for ev in evals.values() for err in ev["error"].values())
   for ax, (arm, ev) in zip(axes[0], evals.items(), strict=True):
-    n = ev["n_examples"]
+    n = np.asarray(ev["n_examples"])
     for name, err in ev["error"].items():
-      ax.plot(n, err, "o-" if name == "model" else "-", label=name,
-              lw=2.5 if name == "model" else 1.2)
-    ax.set(xlabel="in-context examples n", ylabel="squared error / d", yscale="symlog",
-           title=arm)
-  axes[0][0].legend(fontsize=7)
+      label, color, fmt, lw = style.get(
+          name, (name.replace("_nn", "-NN") if name.endswith("_nn") else name, "C3", "-", 1.2))
+      (line,) = ax.plot(n, np.maximum(np.asarray(err), floor), fmt, color=color, lw=lw,
+                        ms=4, label=label)
+      handles.setdefault(label, line)
+    if task:
+      handles.setdefault("n = d", ax.axvline(task["dim"], color="0.4", ls=":", lw=1,
+                                             label="n = d"))
+    ax.set(xlabel="in-context examples n", yscale="log", ylim=(floor / 2, top),
+           title=titles.get(arm, arm))
+    ax.grid(True, which="major", alpha=0.3)
+  axes[0][0].set_ylabel(f"squared error / d (clipped at {floor:g})")
+  order = [v[0] for v in style.values()]
+  labels = sorted(handles, key=lambda k: order.index(k) if k in order else len(order))
+  fig.legend([handles[k] for k in labels], labels, loc="lower center", ncol=len(labels),
+             fontsize=8, frameon=False)
+  fig.tight_layout(rect=(0, 0.06, 1, 1))
   io.save_figure(fig, workdir, "error_curves")
 
 
 def plot_layer_matches(evals: dict, workdir: str) -> None:
+  """Per layer, the Newton iterations / GD steps whose predictions the layer's probe
+  matches best. The GD axis is symlog (linear below 1) so that 0 steps is drawn at 0."""
   fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
-  for arm, ev in evals.items():
+  gd_ticks = set()
+  for i, (arm, ev) in enumerate(evals.items()):
     layers = np.arange(len(ev["layer_newton_steps"]))
-    a1.plot(layers, ev["layer_newton_steps"], "o-", label=arm)
-    a2.plot(layers, np.maximum(ev["layer_gd_steps"], 0.5), "o-", label=arm)
+    kw = dict(marker="os^"[i % 3], ms=9 - 2 * i, label=arm.replace("_", "-"))  # overlaps show
+    a1.plot(layers, ev["layer_newton_steps"], "-", **kw)
+    a2.plot(layers, ev["layer_gd_steps"], "-", **kw)
+    gd_ticks.update(int(s) for s in ev["gd_steps"])
   a1.set(xlabel="layer (0 = embedding)", ylabel="best-matching Newton iterations",
-         title="layer -> iterative Newton")
-  a2.set(xlabel="layer (0 = embedding)", ylabel="best-matching GD steps", yscale="log",
-         title="layer -> gradient descent")
-  a1.legend(fontsize=7)
+         title="layer → iterative Newton")
+  a2.set_yscale("symlog", linthresh=1, base=2)
+  a2.set_yticks(sorted(gd_ticks), [str(s) for s in sorted(gd_ticks)])
+  a2.minorticks_off()
+  a2.set(xlabel="layer (0 = embedding)", ylabel="best-matching GD steps (symlog)",
+         title="layer → gradient descent")
+  for ax in (a1, a2):
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+  a1.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  top = max(max(ev["layer_newton_steps"]) for ev in evals.values())
+  a1.set_ylim(-0.05 * max(top, 1) - 0.2, 1.05 * max(top, 1) + 0.2)
+  handles, labels = a1.get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+  fig.tight_layout(rect=(0, 0.06, 1, 1))
   io.save_figure(fig, workdir, "layer_matches")

@@ -20,11 +20,10 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jaxlab import train  # noqa: E402
 from jaxlab.icl import analysis, evaluation, tasks, training  # noqa: E402
 from jaxlab.models import precision  # noqa: E402
 from jaxlab.models.transformer import ICLTransformer  # noqa: E402
-from jaxlab.train import checks, io, recipes  # noqa: E402
+from jaxlab.train import checks, io, recipes, restarts  # noqa: E402
 from jaxlab.train import mesh as mesh_lib  # noqa: E402
 
 ARMS = ("noiseless", "noisy", "ill_conditioned")
@@ -81,6 +80,19 @@ def validate(config) -> None:
   checks.warmup_below(config, "optimizer.warmup_steps", *(f"arms.{a}" for a in ARMS))
   checks.divisible_by_devices(config, "train.batch_size")
   mesh_lib.check_config(config)
+  checks.positive(config, "train.candidates")
+  if config.train.candidates > 1:
+    checks.positive(config, "train.candidate_steps")
+    checks.positive(config, "train.candidate_eval_prompts")
+    if not config.train.checkpoint_every_steps:
+      raise ValueError("config key 'train.checkpoint_every_steps': 0 with train.candidates="
+                       f"{config.train.candidates}; allowed: >= 1 (the chosen candidate is "
+                       "handed to the main run through a checkpoint)")
+    for arm in ARMS:
+      from_scratch = arm == "noiseless" or config.arms_init == "scratch"
+      if from_scratch and config.arms[arm] and config.train.candidate_steps >= config.arms[arm]:
+        raise ValueError(f"config key 'train.candidate_steps': {config.train.candidate_steps} "
+                         f">= arms.{arm}={config.arms[arm]}; allowed: fewer than the arm's steps")
   checks.choice(config, "arms_init", ("scratch", "noiseless"))
   if config.arms_init == "noiseless" and not config.arms.noiseless \
       and (config.arms.noisy or config.arms.ill_conditioned):
@@ -118,7 +130,11 @@ def arm_curriculum(config, from_scratch: bool) -> tasks.Curriculum | None:
 
 
 def train_arm(config, arm: str, workdir: str, init_params=None):
-  """Trains the arm's model (from `init_params` if given); returns (model, params, history, s)."""
+  """Trains the arm's model (from `init_params` if given).
+
+  Returns (model, params, history, seconds, choice): `choice` is the best-of-k
+  record of `jaxlab.train.restarts` (None without restarts).
+  """
   t, m = config.task, config.model
   kappa, sigma = arm_distribution(config, arm)
   # bfloat16 compute, float32 params and optimizer state (jaxlab.models.precision).
@@ -130,21 +146,35 @@ def train_arm(config, arm: str, workdir: str, init_params=None):
   batches = training.PromptBatches(seed, config.train.batch_size, t.n_points, t.dim,
                                    condition_number=kappa, noise_std=sigma, curriculum=curriculum)
   k_init, k_train = jax.random.split(jax.random.key(seed))
-  params = model.init(k_init, jnp.zeros((1, t.n_points, t.dim)), jnp.zeros((1, t.n_points)))
-  if init_params is not None:
-    params = init_params
+
+  def init(k):
+    return model.init(k, jnp.zeros((1, t.n_points, t.dim)), jnp.zeros((1, t.n_points)))
+
+  # Best-of-k restarts for a model trained from scratch (train.candidates > 1):
+  # candidate 0 is the single run's init, candidate j > 0 uses fold_in(k_init, j).
+  k = int(config.train.candidates) if init_params is None else 1
+  inits = [init_params] if init_params is not None else \
+      [init(k_init)] + [init(jax.random.fold_in(k_init, j)) for j in range(1, k)]
   steps = int(config.arms[arm])
   tx, schedule = recipes.build_optimizer(config.optimizer, steps)
   if config.train.clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(config.train.clip_norm), tx)
+  loss_fn = training.regression_loss(model.apply)
+  select_steps = int(config.train.candidate_steps)
+  # The choice is scored on held-out prompts of the arm's distribution, at the
+  # curriculum stage of the last candidate update.
+  held_out = training.PromptBatches(seed + 500, int(config.train.candidate_eval_prompts),
+                                    t.n_points, t.dim, condition_number=kappa, noise_std=sigma,
+                                    curriculum=curriculum)(max(select_steps - 1, 0))
+  score = jax.jit(lambda p: loss_fn(p, held_out, None)[0])
   start = time.time()
-  result = train.train(
-      training.regression_loss(model.apply), params, tx, batches, num_steps=steps,
-      key=k_train, workdir=workdir, log_every=config.train.log_every_steps,
+  result, choice = restarts.train_best_of(
+      loss_fn, inits, tx, batches, num_steps=steps, select_steps=select_steps,
+      score_fn=score, key=k_train, workdir=workdir, log_every=config.train.log_every_steps,
       checkpoint_every=config.train.checkpoint_every_steps, lr_schedule=schedule,
       progress=config.train.progress, desc=f"icl_linreg/{arm}",
       mesh=mesh_lib.from_config(config))
-  return model, result.state.params, result.history, time.time() - start
+  return model, result.state.params, result.history, time.time() - start, choice
 
 
 def _headline(ev: dict, dim: int, arm: str) -> dict:
@@ -205,7 +235,7 @@ def main(config, workdir: str) -> dict:
       continue
     arm_dir = os.path.join(workdir, arm)
     warm = arm != "noiseless" and config.arms_init == "noiseless"  # validate() checked
-    model, params, history, seconds = train_arm(
+    model, params, history, seconds, choice = train_arm(
         config, arm, arm_dir, init_params=trained["noiseless"] if warm else None)
     trained[arm] = params
     kappa, sigma = arm_distribution(config, arm)
@@ -223,6 +253,8 @@ def main(config, workdir: str) -> dict:
     head = _headline(ev, t.dim, arm)
     head["train_seconds"] = seconds
     head["final_train_loss"] = history[-1]["loss"] if history else None
+    if choice is not None:
+      head["candidates"] = choice
     summary[arm] = head
   if "noiseless" in summary:
     for k in ("model_error_max_n_ge_d_plus_1", "averaging_over_model_min_n_ge_d_plus_1",

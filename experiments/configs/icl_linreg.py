@@ -110,8 +110,12 @@ def get_config(arg=None):
   # "scratch": every arm trains its own model from initialization; "noiseless":
   # the noisy and ill-conditioned arms fine-tune the trained noiseless model.
   c.arms_init = "scratch"
+  # Best-of-k restarts (jaxlab.train.restarts) for arms trained from scratch:
+  # `candidates` inits train together for `candidate_steps` updates, and the one
+  # with the lowest loss on `candidate_eval_prompts` held-out prompts trains on.
   c.train = dict(batch_size=64, clip_norm=0.0, log_every_steps=500,
-                 checkpoint_every_steps=10_000, progress=True)
+                 checkpoint_every_steps=10_000, progress=True, candidates=1,
+                 candidate_steps=0, candidate_eval_prompts=1024)
   c.mesh = common.mesh_config()
   c.eval = dict(num_prompts=1000, probe_prompts=2000, newton_steps=tuple(range(13)),
                 gd_steps=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
@@ -123,7 +127,8 @@ def get_config(arg=None):
     c.optimizer.update(learning_rate=2e-3, schedule="cosine", warmup_steps=200)
     c.arms = dict(noiseless=4500, noisy=750, ill_conditioned=750)
     c.arms_init = "noiseless"
-    c.train.update(clip_norm=1.0, log_every_steps=250, checkpoint_every_steps=1000)
+    c.train.update(clip_norm=1.0, log_every_steps=250, checkpoint_every_steps=1000,
+                   candidates=6, candidate_steps=750)
     c.eval.update(num_prompts=1000, probe_prompts=1000, newton_steps=tuple(range(17)),
                   gd_steps=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256),
                   weight_contexts=(2, 5, 8), weight_prompts=32)

@@ -12,6 +12,7 @@ TINY = {
     "model.width": 16, "arms.noiseless": 30, "arms.noisy": 20, "arms.ill_conditioned": 20,
     "train.log_every_steps": 10, "train.checkpoint_every_steps": 20, "train.progress": False,
     "train.batch_size": 16, "optimizer.warmup_steps": 5,
+    "train.candidates": 2, "train.candidate_steps": 10,
     "eval.num_prompts": 64, "eval.probe_prompts": 64, "eval.newton_steps": (0, 1, 2, 4),
     "eval.gd_steps": (0, 1, 4, 16), "eval.weight_contexts": (2, 4), "eval.weight_prompts": 4,
 }
@@ -33,6 +34,14 @@ def test_tiny_run_writes_summary_plots_and_resumes(tmp_path):
     ev = json.load(fh)
   assert set(ev["error"]) == {"model", "least_squares", "averaging", "3_nn", "ridge"}
   assert len(ev["error"]["model"]) == 6
+  # Best-of-2 restarts on the noiseless arm (trained from scratch): the choice is recorded, the
+  # kept run's metrics start with the chosen candidate's rows; fine-tuned arms have no restarts.
+  cand = summary["noiseless"]["candidates"]
+  assert cand["chosen"] == int(min(range(2), key=lambda i: cand["scores"][i]))
+  assert "candidates" not in summary["noisy"]
+  with open(os.path.join(wd, "noiseless", "metrics.jsonl")) as fh:
+    steps = [json.loads(line)["step"] for line in fh]
+  assert steps == list(range(10, 31, 10))
   # Re-running on the same workdir resumes from the final checkpoints: same numbers.
   again = run.run(CONFIG + ":quick", wd, overrides=TINY)
   assert again["noiseless"]["final_train_loss"] == summary["noiseless"]["final_train_loss"]
@@ -47,6 +56,9 @@ def test_tiny_run_writes_summary_plots_and_resumes(tmp_path):
     ({"arms.noiseless": 0, "arms.noisy": 0, "arms.ill_conditioned": 0}, "arms"),
     ({"arms.noiseless": 0, "arms_init": "noiseless"}, "arms_init"),
     ({"arms_init": "pretrained"}, "arms_init"),
+    ({"train.candidates": 0}, "train.candidates"),
+    ({"train.candidate_steps": 4500}, "train.candidate_steps"),
+    ({"train.checkpoint_every_steps": 0}, "train.checkpoint_every_steps"),
 ])
 def test_bad_config_raises_before_compiling(tmp_path, override, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):

@@ -39,7 +39,7 @@ ICL = ["--config=experiments/configs/icl_linreg.py:quick", "--config.task.dim=3"
        "--config.train.batch_size=16", "--config.optimizer.warmup_steps=5",
        "--config.eval.num_prompts=64", "--config.eval.probe_prompts=64",
        "--config.eval.newton_steps=(0, 1)", "--config.eval.gd_steps=(0, 1)",
-       "--config.eval.weight_contexts=()"]
+       "--config.eval.weight_contexts=()", "--config.train.candidates=1"]
 TIMING_KEYS = ("steps_per_sec", "wall_time_s", "train_seconds")
 # The 2-process all-reduce adds the per-device gradients in another order than
 # the 1-process one: float32 rounding, amplified a little by 30 Adam steps.

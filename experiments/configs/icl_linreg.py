@@ -125,7 +125,7 @@ def get_config(arg=None):
     c.task.update(dim=5, n_points=11, curriculum=False)
     c.model.update(num_layers=6, num_heads=4, width=48)
     c.optimizer.update(learning_rate=2e-3, schedule="cosine", warmup_steps=200)
-    c.arms = dict(noiseless=4500, noisy=750, ill_conditioned=750)
+    c.arms = dict(noiseless=6000, noisy=750, ill_conditioned=750)
     c.arms_init = "noiseless"
     c.train.update(clip_norm=1.0, log_every_steps=250, checkpoint_every_steps=1000,
                    candidates=6, candidate_steps=750)

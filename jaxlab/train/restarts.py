@@ -159,7 +159,9 @@ def _seed_main_run(cands: loop.TrainResult, chosen: int, tx, key, workdir: str,
   """Writes the chosen member's metrics rows and state as the main run's step `select_steps`.
 
   Skipped when the main run already has a checkpoint that restores (a resumed
-  study). The rows go first, then the checkpoint, as in the train loop: a kill
+  study). Rows up to `select_steps` hold the member's own `loss` and aux
+  metrics and the learning rate; the gradient, parameter and update norms of
+  the candidates run are of the whole ensemble, so they are left out. The rows go first, then the checkpoint, as in the train loop: a kill
   between them re-seeds on the next run with the same content.
   """
   s = int(cands.state.step)

@@ -4,9 +4,10 @@ Workloads: `SmallCNN` on sklearn digits (8×8×1) and the MLP on MNIST-1D; SGD
 with momentum and Adam. Inputs are standardized (one mean and std over the
 training set, as the paper's normalized pixels), then kept at full contrast or
 contrast-reduced around each example's own mean, x ← m + c·(x − m). Each
-(workload, optimizer, method) trains every contrast × `num_seeds` seeds as one
-vmapped, jitted program (paired: TrAct and plain share each seed's
-initialization and batches); test accuracy every `eval_every_steps`.
+(workload, optimizer, method) trains every contrast × `num_seeds` seeds one
+after another through one jitted program, compiled once (paired: TrAct and
+plain share each seed's initialization and batches; seeds are not vmapped, see
+`make_trainer`); test accuracy every `eval_every_steps`.
 
 Target: for each (workload, optimizer, contrast), `target_fraction` × the plain
 arm's final test accuracy (mean of its last `final_window` evaluations, mean

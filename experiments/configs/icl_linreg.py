@@ -30,60 +30,59 @@ width 48 (the cost of the 4-layer, 64-wide model of the issue's calibration, but
 deeper: near n = d + 1 least squares needs ~10 Newton iterations), batch 64, Adam
 with warmup + cosine decay (peak 2e-3) and gradient clipping at 1 instead of
 Garg's constant 1e-4, which needs ~100x more steps. The noiseless arm trains
-4,500 steps from scratch; the noisy and ill-conditioned arms fine-tune the
-trained noiseless model for 750 steps each (`arms_init = "noiseless"`; the full
-config trains every arm from scratch).
+6,000 steps from scratch with best-of-6 restarts (below); the noisy and
+ill-conditioned arms fine-tune the trained noiseless model for 750 steps each
+(`arms_init = "noiseless"`; the full config trains every arm from scratch,
+from one init each).
+
+Best-of-k restarts (`train.candidates = 6`, `train.candidate_steps = 750`;
+`jaxlab.train.restarts`): at this scale, whether a model leaves the loss
+plateau within the budget depends on its initialization. With one init and
+4,500 noiseless steps, seeds 0-4 passed the repro test 2 times in 5: seed 1
+stayed on the plateau (error / d 0.65, 0.89x averaging), seeds 2 and 3 left it
+late (0.098 at 9.6x and 0.121 at 8.1x below averaging; bars 0.1 and 10x).
+Garg et al.'s curriculum scaled to d = 5, peak rates 1e-3 and 3e-3, batch 128,
+15 points per prompt, and width 32 with 9,000 steps were each tried on the
+stuck seeds, and none passed every seed (the measurements are in this file's
+git history). So six inits (candidate 0 is the old single init, candidate j
+uses fold_in(init key, j)) train together for the first 750 updates of the
+schedule, and the one with the lowest loss on 1,024 held-out prompts trains on
+alone (`noiseless/candidates/choice.json` has the scores). At step 750 the
+held-out loss is 2.3-2.7 for inits clearly off the plateau, 4.0-4.6 for those
+still on it, and 2.9-3.8 for a few in between; among the chosen ones a lower
+score went with a lower final error. With
+best-of-6 and 4,500 steps, 4 of seeds 0-4 passed; seed 2 failed (0.115, 8.2x
+below averaging; its best candidate scored 2.58 against 2.34-2.45 for the
+others), so the noiseless budget was raised to 6,000 steps. That change was
+made after seeing seed 2 fail; the bars did not change.
+The claim tested is about the trained model, not how often training stalls.
 
 Runtime and expected results:
-  quick, 2-core CPU: 6,000 steps in all plus evaluation; measured 9 min 40 s
-    on the idle machine (~11.8 steps/s) with earlier code; now 8.3 min of CPU,
-    23 min wall at load 15-20. Measured (seed 0, the repro test's numbers):
-    noiseless: max error / d over n >= d + 1 = 6 examples 0.058 (bar 0.1), >= 16.1x
-      below averaging; closer to least squares than to 3-NN at every n; layer ->
-      Newton iterations 0, 0, 2, 6, 10, 13, 13 (non-decreasing, Spearman 0.99);
-      layer -> GD steps 0, 0, 2, 8, 32, 64, 64.
-    noisy (sigma = 0.1): tracks ridge (lambda = sigma^2) more closely than least
-      squares: mean squared prediction difference 0.025 vs 0.37 (0.020 vs
-      0.056 was measured before least squares was solved by SVD instead of
-      X^T X; which change moved it was not isolated).
-    ill_conditioned (kappa = 100): error / d 0.017 mean over n >= 6; plain GD needs
-      128 steps and iterative Newton 14 iterations to match it at every n; layer ->
-      Newton iterations 0, 0, 3, 8, 12, 14, 14.
-    Seed 1 does not reproduce: its noiseless model stays on the loss plateau
-    (training loss 3-4 after 4,500 steps vs 1.5 for seed 0; error / d 0.55-0.66
-    for n >= 6, 0.89x averaging); the quick setting is not seed-robust. Seed 2:
-    see below; seed 3 fails (error / d 0.121, 8.1x
-    below averaging) and seed 4 passes (10.9x): 2 of seeds 0-4 pass. Tried on seed 1's
-    noiseless arm alone (its init, 4,500 steps; max error / d over n >= 6 on
-    512 fresh prompts): Garg et al.'s
-    curriculum scaled to d = 5 (dims 2 -> 5 by 1, points 5 -> 11 by 2) every
-    400 steps: 0.37 at step 3,500 (stopped there); every 250 steps: 0.49 at
-    4,500; every 400 steps at peak rate 3e-3: 0.51, at 1e-3: 0.50; no
-    curriculum at peak rate 1e-3: 0.52 (all at 4,500). None leaves the
-    plateau, so the quick config keeps no curriculum. (Seed 2 with the 400-step
-    curriculum: 0.11 at step 2,500, off the plateau; without it, as the repro
-    test: 0.098 at 4,500, but 9.6x below averaging.)
-    Tried and not adopted: width 32 (a step costs ~0.77x the CPU) with a 9,000-step
-    noiseless arm (fine-tunes unchanged). Seed 1 then passes every assertion of
-    the repro test (pytest --repro-seed 1: max error / d 0.048, 19.4x below
-    averaging, layer -> Newton 0, 0, 3, 8, 12, 13, 13; noisy 0.023 vs 0.37;
-    ill-conditioned GD 128 vs Newton 14; 572 s CPU, 663 s wall at load 4-6), but
-    seed 2 stays on the plateau (0.45, 1.5x averaging, training loss 2.6 after
-    9,000 steps; 572 s CPU) and seed 0 leaves it too late (0.27, 3.5x; layer ->
-    Newton 0, 0, 1, 4, 6, 7, 7; ill-conditioned GD 8 vs Newton 7; 562 s CPU):
-    a new width draws new inits, and which seeds stick moves with them.
-    Noiseless arm alone at width 32, max error / d at step 2,000 of a
-    9,000-step schedule: seed 0 0.48, seed 1 0.22 (8,000-step schedule), seed 3
-    0.19, seed 4 0.71; on seed 2's init batch 128 gives 0.67 and 15 points 0.68
-    (still on the plateau). Peak rate 1e-3 with 500 warmup steps: seeds 0-4
-    0.58, 0.21, 0.35, 0.22, 0.47 at step 2,000; seed 2 run on to 9,000 steps
-    ends at 0.136 (bar 0.1). No setting was found that passes on seeds 0-4.
-    bfloat16 (`--config.model.compute_dtype=bfloat16`, float32 master weights),
-    seed 0, the same bar: noiseless max error / d 0.052, 18.0x below averaging,
-    closer to least squares than 3-NN, layer -> Newton 0, 0, 3, 8, 11, 13, 13;
-    noisy 0.021 vs 0.36 (ridge vs least squares); ill-conditioned GD 128 steps
-    vs Newton 14. Run in resumable pieces under 10 min (checkpoints every 250
-    steps), ~67 min wall at load 20-24; other seeds not run in bfloat16.
+  quick, 2-core CPU: 11,250 updates in all (6 x 750 + 5,250 + 2 x 750) plus
+    evaluation, 15.3-15.6 min of CPU per seed (measured; 33-46 min wall with
+    five seeds and other jobs sharing the 2 cores; about 9 min wall idle,
+    estimated from the old config's CPU/wall ratio, not measured). Measured
+    (the repro test, float32, seeds 0-4):
+      seed  chosen  max error/d (n >= 6)  x below averaging  layer -> Newton         noisy: ridge vs LS  ill: GD vs Newton
+      0     0       0.048                 19.6               0, 0, 2, 6, 10, 13, 13  0.020 vs 0.36        128 vs 15
+      1     2       0.046                 20.2               0, 0, 3, 7, 10, 11, 13  0.023 vs 0.37        128 vs 15
+      2     2       0.083                 11.4               0, 0, 3, 6, 11, 11, 12  0.032 vs 3.9         128 vs 14
+      3     4       0.054                 18.1               0, 0, 2, 7, 12, 13, 13  0.022 vs 0.17        128 vs 14
+      4     4       0.055                 17.2               0, 0, 4, 9, 10, 11, 12  0.022 vs 104         128 vs 14
+    All five pass (closest: seed 2, 0.083 and 11.4x); layer -> Newton Spearman
+    0.99-1.00. "chosen" is the candidate kept; its held-out score at step 750
+    was 2.34, 2.35, 2.60, 2.43, 2.50. (Least squares' prediction difference
+    on the noisy arm swings with the seed because it interpolates the noise at
+    n = d.)
+    Bars: max error / d <= 0.1, >= 10x below averaging, closer to least squares
+    than to 3-NN at every n, layer -> Newton non-decreasing, the noisy arm's
+    prediction difference to ridge < 0.5x that to least squares (mean squared
+    prediction difference), GD >= 4x Newton on the ill-conditioned arm.
+    bfloat16 (`--config.model.compute_dtype=bfloat16`, float32 master weights):
+    at this config not yet measured. Before best-of-6 (one init, 4,500 steps),
+    seed 0 passed every bar: noiseless 0.052, 18.0x below averaging, layer ->
+    Newton 0, 0, 3, 8, 11, 13, 13; noisy 0.021 vs 0.36; GD 128 vs Newton 14
+    (450 s wall as the pytest, idle machine).
   full, one GPU (not run here; expected from the papers): ~1 day on one A100 for
     500k steps per arm (Garg et al. report this scale); error / d within ~1e-2 of
     least squares for n >= 20 examples and near 0 once n > d (Garg et al. Fig.

@@ -57,7 +57,7 @@ def test_tiny_run_writes_summary_plots_and_resumes(tmp_path):
     ({"arms.noiseless": 0, "arms_init": "noiseless"}, "arms_init"),
     ({"arms_init": "pretrained"}, "arms_init"),
     ({"train.candidates": 0}, "train.candidates"),
-    ({"train.candidate_steps": 4500}, "train.candidate_steps"),
+    ({"train.candidate_steps": 10**7}, "train.candidate_steps"),
     ({"train.checkpoint_every_steps": 0}, "train.checkpoint_every_steps"),
 ])
 def test_bad_config_raises_before_compiling(tmp_path, override, key):

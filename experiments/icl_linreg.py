@@ -161,12 +161,14 @@ def train_arm(config, arm: str, workdir: str, init_params=None):
     tx = optax.chain(optax.clip_by_global_norm(config.train.clip_norm), tx)
   loss_fn = training.regression_loss(model.apply)
   select_steps = int(config.train.candidate_steps)
-  # The choice is scored on held-out prompts of the arm's distribution, at the
-  # curriculum stage of the last candidate update.
-  held_out = training.PromptBatches(seed + 500, int(config.train.candidate_eval_prompts),
-                                    t.n_points, t.dim, condition_number=kappa, noise_std=sigma,
-                                    curriculum=curriculum)(max(select_steps - 1, 0))
-  score = jax.jit(lambda p: loss_fn(p, held_out, None)[0])
+  score = None
+  if k > 1:
+    # The choice is scored on held-out prompts of the arm's distribution, at the
+    # curriculum stage of the last candidate update.
+    held_out = training.PromptBatches(seed + 500, int(config.train.candidate_eval_prompts),
+                                      t.n_points, t.dim, condition_number=kappa,
+                                      noise_std=sigma, curriculum=curriculum)(select_steps - 1)
+    score = jax.jit(lambda p: loss_fn(p, held_out, None)[0])
   start = time.time()
   result, choice = restarts.train_best_of(
       loss_fn, inits, tx, batches, num_steps=steps, select_steps=select_steps,

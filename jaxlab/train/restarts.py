@@ -102,7 +102,7 @@ def _validate(inits, num_steps, select_steps, workdir, checkpoint_every):
 
 def train_best_of(loss_fn: Callable, inits: Sequence[Any], tx: optax.GradientTransformation,
                   batch_fn: Callable[[int], Any], *, num_steps: int, select_steps: int,
-                  score_fn: Callable[[Any], Any], key: jax.Array, workdir: str | None = None,
+                  score_fn: Callable[[Any], Any] | None, key: jax.Array, workdir: str | None = None,
                   checkpoint_every: int = 0, log_every: int = 100,
                   lr_schedule: Callable | None = None, progress: bool = True,
                   mesh: jax.sharding.Mesh | None = None,
@@ -119,7 +119,8 @@ def train_best_of(loss_fn: Callable, inits: Sequence[Any], tx: optax.GradientTra
       progress, mesh, desc: as for `train.train`.
     select_steps: updates before the choice (< num_steps).
     score_fn: `params -> scalar`, lower is better (e.g. the loss on held-out
-      data); the chosen candidate is the argmin (the first on ties).
+      data); the chosen candidate is the argmin (the first on ties). With one
+      init, `select_steps` and `score_fn` are not used (None is fine).
 
   Returns:
     `(result, choice)`: the main run's `TrainResult` (its history starts with

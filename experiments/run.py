@@ -38,9 +38,13 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from jaxlab.train import checks, multihost
+from jaxlab.train import checks, host_memory, multihost
 from jaxlab.train import workdir as workdir_lib
 from jaxlab.train.errors import WorkdirError
+
+# glibc's malloc keeps freed memory (jaxlab.train.host_memory): ~20% less wall time on a
+# CPU, same results. Here, at import, because it must come before JAX's backend starts.
+host_memory.retain_freed_memory()
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _NOT_STUDIES = {"run", "__init__"}

@@ -609,7 +609,8 @@ def bench_first_call(cfg, skip_peer, host=None):
 
 
 COLD_PROBES = ("jaxlab", "jaxlab_tol", "jaxlab_tol_quick", "jaxlab_eig_quick",
-               "jaxlab_eig_quick_seed", "pyhessian_tol1e-3", "pyhessian_tol1e-4")
+               "jaxlab_eig_quick_seed", "pyhessian_tol1e-3", "pyhessian_tol1e-4",
+               "pyhessian_tol1e-4_all_threads")
 
 
 def cold_vs_cold(cfg, params, batch, lam, skip_peer):
@@ -623,7 +624,8 @@ def cold_vs_cold(cfg, params, batch, lam, skip_peer):
   instead of ``jax.random.key(0)`` (``_eig_quick_seed``: the same start vector, without
   the key's seeding compile); XLA's first compile in the process, and the key's creation,
   included; PyHessian's ``eigenvalues(tol)`` at tol 1e-3 and 1e-4 on one torch thread
-  (torch's first autograd pass included).
+  (torch's first autograd pass included), and at tol 1e-4 with torch's threads on every core
+  (``_all_threads``: faster than one thread on an idle machine, slower on a loaded one).
   """
   import subprocess
   import tempfile
@@ -675,11 +677,13 @@ def cold_probe(which, path):
     lam = float(pairs.eigenvalues[0])
     row.update(num_iters=pairs.num_iters)
   else:
-    torch, _, build = torch_side(params, batch, check=False)
-    torch.set_num_threads(1)
+    torch, _, build = torch_side(params, batch, check=False)  # torch on every core
+    if not which.endswith("_all_threads"):
+      torch.set_num_threads(1)
     torch.manual_seed(0)
     t0, c0 = time.perf_counter(), time.process_time()
-    vals, _ = build().eigenvalues(maxIter=1000, tol=float(which.split("tol")[1]), top_n=1)
+    tol = float(which.split("tol")[1].split("_")[0])
+    vals, _ = build().eigenvalues(maxIter=1000, tol=tol, top_n=1)
     lam = float(vals[0])
   row.update(time_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, lam=lam)
   return row

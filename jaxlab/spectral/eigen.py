@@ -131,7 +131,10 @@ def top_eigenpairs(matvec: Callable, params_like: Any, k: int, key: jax.Array | 
   warm and 0.39–0.41 s as the first probe of a fresh process, so a cold call is
   still ~1.06x (median; cold vs cold, the fastest options) to 7x (default
   options against warm PyHessian) slower (first-call rows of
-  benchmarks/RESULTS.md).
+  benchmarks/RESULTS.md). On an idle machine the fastest options tie:
+  0.30-0.35 s wall (rel err 1.4e-4) against PyHessian's 0.30-0.35 s (rel err
+  2.6e-4); ~0.25 s of ours is JAX's and XLA's fixed cost of a first program in a
+  process (tracing, lowering, compiling, the first execution).
 
   Mixed precision: with ``hessian_vp(..., compute_dtype="bfloat16")`` (or a
   model that computes in bfloat16) only the products are bfloat16; Lanczos

@@ -75,6 +75,16 @@ def _spec(fn: Callable) -> LossSpec:
   return LossSpec(takes_key, var_kw or "state" in names, var_kw or "train" in names)
 
 
+def _requires_state(fn: Callable) -> bool:
+  """Whether `fn` has a `state` parameter without a default (so a call without one fails)."""
+  try:
+    p = inspect.signature(fn).parameters.get(STATE_KEY)
+  except (TypeError, ValueError):
+    return False
+  return p is not None and p.default is p.empty and p.kind in (p.KEYWORD_ONLY,
+                                                               p.POSITIONAL_OR_KEYWORD)
+
+
 def loss_spec(loss_fn: Callable) -> LossSpec:
   """The contract form of `loss_fn`, from its signature."""
   try:
@@ -89,6 +99,12 @@ def check_loss(loss_fn: Callable, *, state: Any = None, name: str = "loss_fn") -
     raise ValueError(f"{name}={loss_fn!r} is not callable; allowed: a function "
                      "(params, batch[, key][, *, state, train]) -> loss or (loss, aux)")
   spec = loss_spec(loss_fn)
+  if state is None and _requires_state(loss_fn):
+    raise ValueError(
+        f"{name} requires a `state` argument (a model state, e.g. BatchNorm's batch_stats), but "
+        "no model state was given; allowed: pass the model's initial state (train.train's "
+        "`model_state`, train_best_of's `model_states`, the probes' `state`), or give the "
+        "loss's `state` a default")
   if state is not None and not spec.takes_state:
     raise ValueError(
         f"{name} takes no `state` argument, but a model state was given (e.g. BatchNorm's "

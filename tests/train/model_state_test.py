@@ -147,6 +147,27 @@ def test_a_state_with_a_loss_that_cannot_take_it_is_refused_before_compiling(dig
   assert len(compiles) == before
 
 
+def test_a_loss_that_needs_a_state_without_one_is_refused_before_compiling(digits, compiles):
+  # A user's loss whose `state` is a required keyword: without model_state it used to fail
+  # inside the trace with "missing 1 required keyword-only argument: 'state'".
+  _, params, state, module = _linen_setup(digits)
+
+  def loss_fn(p, batch, key, *, state, train=True):
+    logits, new = module.apply({"params": p, **state}, batch["x"], train=train,
+                               rngs={"dropout": key}, mutable=list(state))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), \
+        {"state": dict(new)}
+
+  batches, key = data.Batches(digits, 32, seed=0), jax.random.key(0)
+  before = len(compiles)
+  with pytest.raises(ValueError, match="requires a `state` argument.*model_state"):
+    train.train(loss_fn, params, optax.sgd(0.1), batches, num_steps=2, key=key, progress=False)
+  assert len(compiles) == before
+  # with the state it trains
+  train.train(loss_fn, params, optax.sgd(0.1), batches, num_steps=2, key=key, progress=False,
+              model_state=state)
+
+
 def test_load_state_names_the_runs_under_a_study_workdir(tmp_path, digits):
   loss_fn, params, state, _ = _linen_setup(digits)
   train.train(loss_fn, params, optax.sgd(0.1), data.Batches(digits, 64, seed=0), num_steps=2,

@@ -81,3 +81,6 @@ def test_applies_once_before_the_backend_and_defers_to_the_user():
               {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"},
               {"JAXLAB_MALLOC_DEFAULTS": "1"}):
     assert _python(_STATE, **env) == {"first": False, "again": False}, env
+  # huge pages (make run / make repro set them) are not one of those settings
+  assert _python(_STATE, GLIBC_TUNABLES="glibc.malloc.hugetlb=1") == {"first": True,
+                                                                       "again": True}

@@ -89,8 +89,8 @@ def validate(config) -> None:
                        f"{config.train.candidates}; allowed: >= 1 (the chosen candidate is "
                        "handed to the main run through a checkpoint)")
     for arm in ARMS:
-      from_scratch = arm == "noiseless" or config.arms_init == "scratch"
-      if from_scratch and config.arms[arm] and config.train.candidate_steps >= config.arms[arm]:
+      if trains_from_scratch(config, arm) and config.arms[arm] \
+          and config.train.candidate_steps >= config.arms[arm]:
         raise ValueError(f"config key 'train.candidate_steps': {config.train.candidate_steps} "
                          f">= arms.{arm}={config.arms[arm]}; allowed: fewer than the arm's steps")
   checks.choice(config, "arms_init", ("scratch", "noiseless"))
@@ -114,6 +114,11 @@ def arm_distribution(config, arm: str) -> tuple[float, float]:
   """(condition_number, noise_std) of an arm's prompts."""
   return {"noiseless": (1.0, 0.0), "noisy": (1.0, float(config.task.noise_std)),
           "ill_conditioned": (float(config.task.condition_number), 0.0)}[arm]
+
+
+def trains_from_scratch(config, arm: str) -> bool:
+  """Whether the arm trains from initialization (else it fine-tunes the noiseless model)."""
+  return arm == "noiseless" or config.arms_init == "scratch"
 
 
 def arm_curriculum(config, from_scratch: bool) -> tasks.Curriculum | None:
@@ -236,7 +241,7 @@ def main(config, workdir: str) -> dict:
     if not config.arms[arm]:
       continue
     arm_dir = os.path.join(workdir, arm)
-    warm = arm != "noiseless" and config.arms_init == "noiseless"  # validate() checked
+    warm = not trains_from_scratch(config, arm)  # fine-tunes the noiseless model; validate() checked
     model, params, history, seconds, choice = train_arm(
         config, arm, arm_dir, init_params=trained["noiseless"] if warm else None)
     trained[arm] = params

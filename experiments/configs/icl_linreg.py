@@ -59,9 +59,10 @@ The claim tested is about the trained model, not how often training stalls.
 
 Runtime and expected results:
   quick, 2-core CPU: 11,250 updates in all (6 x 750 + 5,250 + 2 x 750) plus
-    evaluation, 15.3-15.6 min of CPU per seed (measured; 33-46 min wall with
-    five seeds and other jobs sharing the 2 cores; about 9 min wall idle,
-    estimated from the old config's CPU/wall ratio, not measured). Measured
+    evaluation, 15.3-15.6 min of CPU per seed (33-46 min wall with five seeds
+    and other jobs sharing the 2 cores); `make run`, idle: 9 min 3 s wall, then
+    7 min 45 s (12.6 min CPU) once the launcher kept freed memory and make set
+    huge pages (jaxlab.train.host_memory), same numbers. Measured
     (the repro test, float32, seeds 0-4):
       seed  chosen  max error/d (n >= 6)  x below averaging  layer -> Newton         noisy: ridge vs LS  ill: GD vs Newton
       0     0       0.048                 19.6               0, 0, 2, 6, 10, 13, 13  0.020 vs 0.36        128 vs 15

@@ -43,6 +43,9 @@ environment at start-up (only there: glibc reads it once), which ``make run``
 and ``make repro`` set (300 candidate steps: 0.37 M faults, 21 s of system
 time instead of 41 s). It needs the kernel's transparent huge pages in
 ``madvise`` or ``always`` mode (``/sys/kernel/mm/transparent_hugepage/enabled``).
+The whole ``make run`` (ICL quick study, idle 2-core CPU) went from 9 min 3 s
+wall, 645 s user and 258 s system time to 7 min 45 s, 648 s and 107 s with
+both, with the same numbers; its peak memory from 1.55 to 1.67 GB.
 """
 
 from __future__ import annotations

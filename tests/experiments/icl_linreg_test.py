@@ -108,8 +108,9 @@ def test_quick_reproduces_every_arm(tmp_path, repro_seed, compute_dtype):
     2     0.083        11.4               0, 0, 3, 6, 11, 11, 12  0.032 vs 3.9       128 vs 14
     3     0.054        18.1               0, 0, 2, 7, 12, 13, 13  0.022 vs 0.17      128 vs 14
     4     0.055        17.2               0, 0, 4, 9, 10, 11, 12  0.022 vs 104       128 vs 14
-  15.3-15.6 min of CPU per seed; 33-46 min wall with five seeds and other jobs on the 2 cores,
-  about 9 min wall idle (estimated from CPU time, not measured). The bars are unchanged. The
+  15.3-15.6 min of CPU per seed; 33-46 min wall with five seeds and other jobs on the 2 cores.
+  `make run` (the same config) took 7 min 45 s wall idle with make's huge pages and the
+  launcher's malloc settings (9 min 3 s before them, same numbers). The bars are unchanged. The
   noiseless budget was raised from 4,500 to 6,000 steps after best-of-6 at 4,500 failed seed 2
   (0.115, 8.2x); with one init and 4,500 steps the pass rate over seeds 0-4 was 2/5 (seed 1
   stayed on the loss plateau, seeds 2 and 3 left it too late).

@@ -51,7 +51,6 @@ both, with the same numbers; its peak memory from 1.55 to 1.67 GB.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -100,7 +99,9 @@ def _applies() -> bool:
 
 def _set() -> bool:
   try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    # glibc's soname on every Linux; not ctypes.util.find_library, which runs ldconfig
+    # in a subprocess (and opens /dev/null for writing) in every process that calls this
+    libc = ctypes.CDLL("libc.so.6")
     mallopt = libc.mallopt
   except (OSError, AttributeError):
     return False

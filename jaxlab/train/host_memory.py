@@ -66,10 +66,9 @@ def retain_freed_memory() -> bool:
   """Applies the malloc settings above once per process; True if they are in effect.
 
   Returns False (and changes nothing) once JAX's backend is started, on a C
-  library other than glibc, when the
-  user set any of ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
-  ``MALLOC_TOP_PAD_`` or a ``glibc.malloc.*`` tunable, or with
-  ``JAXLAB_MALLOC_DEFAULTS=1``.
+  library other than glibc, when the user set any of ``MALLOC_MMAP_THRESHOLD_``,
+  ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or their ``glibc.malloc``
+  tunables (``hugetlb`` is not one of them), or with ``JAXLAB_MALLOC_DEFAULTS=1``.
   """
   if _done:
     return _done[0]

@@ -69,10 +69,8 @@ def ensemble_loss(loss_fn: Callable, k: int, with_state: bool = False) -> Callab
   """
   contract.check_loss(loss_fn, state=() if with_state else None)
 
-  def one(params, model_state, batch, key):
-    loss, metrics, new = contract.call(loss_fn, params, batch, key=key, state=model_state,
-                                       train=True)
-    return loss, metrics, new
+  def one(params, model_state, batch, key):  # (loss, metrics, new state)
+    return contract.call(loss_fn, params, batch, key=key, state=model_state, train=True)
 
   def total(params, batch, key, model_state):
     losses, metrics, new = jax.vmap(one, in_axes=(0, 0 if with_state else None, None, None))(
@@ -165,7 +163,6 @@ def train_best_of(loss_fn: Callable, inits: Sequence[Any], tx: optax.GradientTra
     (None when k = 1).
   """
   _validate(inits, num_steps, select_steps, workdir, checkpoint_every, model_states)
-  contract.check_loss(loss_fn, state=None if model_states is None else model_states[0])
   common = dict(key=key, log_every=log_every, lr_schedule=lr_schedule, progress=progress,
                 mesh=mesh)
   states = [None] * len(inits) if model_states is None else list(model_states)

@@ -92,30 +92,32 @@ def ensemble_loss(loss_fn: Callable, k: int, with_state: bool = False) -> Callab
   return loss
 
 
+def _first_unlike(trees: Sequence[Any]) -> int | None:
+  """The index of the first tree whose structure or leaf shapes differ from trees[0], or None."""
+  ref, shapes = jax.tree.structure(trees[0]), [np.shape(a) for a in jax.tree.leaves(trees[0])]
+  for i, t in enumerate(trees):
+    if jax.tree.structure(t) != ref or [np.shape(a) for a in jax.tree.leaves(t)] != shapes:
+      return i
+  return None
+
+
 def _validate(inits, num_steps, select_steps, workdir, checkpoint_every, model_states=None):
   if not isinstance(inits, Sequence) or isinstance(inits, (str, bytes)) or not inits:
     raise ValueError(f"inits={type(inits).__name__}: allowed a non-empty list of params pytrees")
-  ref = jax.tree.structure(inits[0])
-  for i, p in enumerate(inits):
-    if jax.tree.structure(p) != ref or any(
-        np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(p),
-                                                   jax.tree.leaves(inits[0]), strict=True)):
-      raise ValueError(f"inits[{i}] differs in structure or shapes from inits[0]; allowed: "
-                       "initializations of one model")
+  i = _first_unlike(inits)
+  if i is not None:
+    raise ValueError(f"inits[{i}] differs in structure or shapes from inits[0]; allowed: "
+                     "initializations of one model")
   if model_states is not None:
     if (not isinstance(model_states, Sequence) or isinstance(model_states, (str, bytes))
         or len(model_states) != len(inits)):
       raise ValueError(f"model_states={type(model_states).__name__} of "
                        f"{len(model_states) if isinstance(model_states, Sequence) else '?'}; "
                        f"allowed: None or a list of {len(inits)} states, one per init")
-    ref_s = jax.tree.structure(model_states[0])
-    for i, st in enumerate(model_states):
-      if st is None or jax.tree.structure(st) != ref_s or any(
-          np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(st),
-                                                     jax.tree.leaves(model_states[0]),
-                                                     strict=True)):
-        raise ValueError(f"model_states[{i}] is None or differs in structure or shapes from "
-                         "model_states[0]; allowed: the states of one model, one per init")
+    i = next((i for i, st in enumerate(model_states) if st is None), _first_unlike(model_states))
+    if i is not None:
+      raise ValueError(f"model_states[{i}] is None or differs in structure or shapes from "
+                       "model_states[0]; allowed: the states of one model, one per init")
   if len(inits) == 1:
     return
   for name, v in (("select_steps", select_steps), ("num_steps", num_steps)):
